@@ -1,0 +1,238 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/upgrader"
+	"github.com/urfave/cli/v2"
+)
+
+// version is stamped at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// usageError marks errors in how the CLI was called (exit code 2).
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+func onUsageError(_ *cli.Context, err error, _ bool) error { return usageError{err} }
+
+var pidfileFlag = &cli.StringFlag{
+	Name:    "pidfile",
+	Usage:   "PID file of the service; its control socket is next to it",
+	EnvVars: []string{"HANDOFF_PIDFILE"},
+	Value:   "run/hello.pid",
+}
+
+var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts", EnvVars: []string{"HANDOFF_JSON"}}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	app := &cli.App{
+		Name:           "handoff",
+		Usage:          "zero-downtime reloads for network servers",
+		Version:        buildVersion(),
+		Writer:         stdout,
+		ErrWriter:      stderr,
+		OnUsageError:   onUsageError,
+		ExitErrHandler: func(*cli.Context, error) {},
+		CommandNotFound: func(c *cli.Context, name string) {
+			fmt.Fprintf(stderr, "handoff: unknown command %q; see 'handoff --help'\n", name)
+		},
+		Commands: []*cli.Command{
+			{
+				Name:      "reload",
+				Usage:     "upgrade the service to the binary now on disk and wait until the new generation is ready",
+				UsageText: "handoff reload [--pidfile PATH] [--timeout DUR] [--json]",
+				Flags: []cli.Flag{pidfileFlag, jsonFlag, &cli.DurationFlag{
+					Name: "timeout", Usage: "give up waiting after `DUR`", Value: 2 * time.Minute, EnvVars: []string{"HANDOFF_TIMEOUT"},
+				}},
+				Action: reload,
+			},
+			{
+				Name:      "status",
+				Usage:     "show the running generation, its listeners and workers",
+				UsageText: "handoff status [--pidfile PATH] [--json]",
+				Flags:     []cli.Flag{pidfileFlag, jsonFlag},
+				Action:    status,
+			},
+			{
+				Name:      "stop",
+				Usage:     "stop the service gracefully and wait until it has exited",
+				UsageText: "handoff stop [--pidfile PATH] [--timeout DUR]",
+				Flags: []cli.Flag{pidfileFlag, &cli.DurationFlag{
+					Name: "timeout", Usage: "give up waiting after `DUR`", Value: 2 * time.Minute, EnvVars: []string{"HANDOFF_TIMEOUT"},
+				}},
+				Action: stop,
+			},
+		},
+	}
+	for _, c := range app.Commands {
+		c.OnUsageError = onUsageError
+		action := c.Action
+		c.Action = func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usageError{fmt.Errorf("unexpected argument %q", c.Args().First())}
+			}
+			if c.IsSet("timeout") && c.Duration("timeout") <= 0 {
+				return usageError{fmt.Errorf("invalid value %s for flag --timeout: must be positive", c.Duration("timeout"))}
+			}
+			if c.String("pidfile") == "" {
+				return usageError{errors.New("flag --pidfile is empty")}
+			}
+			return action(c)
+		}
+	}
+	app.Action = func(c *cli.Context) error {
+		if c.NArg() > 0 {
+			return usageError{fmt.Errorf("unknown command %q", c.Args().First())}
+		}
+		return cli.ShowAppHelp(c)
+	}
+	return app
+}
+
+// servicePID reads the pid of the serving generation.
+func servicePID(pidfile string) (int, error) {
+	pids, err := upgrader.ReadPIDFile(pidfile)
+	if err != nil {
+		return 0, fmt.Errorf("no running service: %w", err)
+	}
+	if len(pids) != 1 {
+		return 0, fmt.Errorf("pid file %s: want one pid, found %d", pidfile, len(pids))
+	}
+	return pids[0], nil
+}
+
+func request(c *cli.Context, cmd string, progress func(control.Message)) (control.Message, error) {
+	pidfile := c.String("pidfile")
+	ctx := c.Context
+	if c.IsSet("timeout") || cmd != control.CmdStatus {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.Duration("timeout"))
+		defer cancel()
+	} else {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+	}
+	return control.Do(ctx, control.SocketPath(pidfile), control.Request{Cmd: cmd}, progress)
+}
+
+func reload(c *cli.Context) error {
+	asJSON := c.Bool("json")
+	out := c.App.Writer
+	start := time.Now()
+	m, err := request(c, control.CmdUpgrade, func(m control.Message) {
+		if asJSON {
+			json.NewEncoder(out).Encode(m)
+			return
+		}
+		fmt.Fprintf(c.App.ErrWriter, "%6d ms  %s\n", time.Since(start).Milliseconds(), m.Msg)
+	})
+	if asJSON {
+		if m.Final {
+			json.NewEncoder(out).Encode(m)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("reload failed, the old generation goes on serving: %w", err)
+	}
+	if !asJSON {
+		r := m.Upgrade
+		fmt.Fprintf(out, "reloaded: pid %d → %d, generation %d, version %s, ready in %d ms\n",
+			r.OldPID, r.NewPID, r.Generation, r.Version, r.Duration.Milliseconds())
+	}
+	return nil
+}
+
+func status(c *cli.Context) error {
+	m, err := request(c, control.CmdStatus, nil)
+	if err != nil {
+		return err
+	}
+	st := m.Status
+	if c.Bool("json") {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "pid\t%d\n", st.PID)
+	fmt.Fprintf(tw, "generation\t%d\n", st.Generation)
+	fmt.Fprintf(tw, "version\t%s\n", st.Version)
+	fmt.Fprintf(tw, "state\t%s\n", st.State)
+	fmt.Fprintf(tw, "uptime\t%s\n", st.Uptime.Round(time.Second))
+	fmt.Fprintf(tw, "listeners\t%s\n", strings.Join(st.Listeners, " "))
+	if st.ParentPID != 0 {
+		fmt.Fprintf(tw, "draining\tprevious generation pid %d\n", st.ParentPID)
+	}
+	if st.LastError != "" {
+		fmt.Fprintf(tw, "last upgrade error\t%s\n", st.LastError)
+	}
+	fmt.Fprintf(tw, "workers\t%d\n", len(st.Workers))
+	tw.Flush()
+	if len(st.Workers) > 0 {
+		tw = tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "\nWORKER\tPID\tSTATE\tRESTARTS\tUPTIME\tLAST ERROR")
+		for _, w := range st.Workers {
+			pid := "-"
+			if w.PID != 0 {
+				pid = fmt.Sprint(w.PID)
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%s\n", w.ID, pid, w.State, w.Restarts, w.Uptime.Round(time.Second), firstLine(w.LastErr))
+		}
+		tw.Flush()
+	}
+	return nil
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
+}
+
+func stop(c *cli.Context) error {
+	pid, err := servicePID(c.String("pidfile"))
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if _, err := request(c, control.CmdStop, nil); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(c.Duration("timeout"))
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pid %d still running after %s", pid, c.Duration("timeout"))
+		}
+		select {
+		case <-tick.C:
+		case <-c.Context.Done():
+			return c.Context.Err()
+		}
+	}
+	fmt.Fprintf(c.App.Writer, "stopped: pid %d exited after %d ms\n", pid, time.Since(start).Milliseconds())
+	return nil
+}

@@ -1,0 +1,31 @@
+// Command handoff is the operator's CLI for services built on the
+// upgrader library: it reloads them, shows their status and stops them
+// through the control socket next to their PID file.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+func main() {
+	os.Exit(run(context.Background(), os.Args, os.Stdout, os.Stderr))
+}
+
+// run runs the CLI and turns its error into an exit code: 2 for usage
+// errors, 1 for the rest.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	err := newApp(stdout, stderr).RunContext(ctx, args)
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(stderr, "handoff:", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}

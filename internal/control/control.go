@@ -1,0 +1,175 @@
+// Package control is the protocol between a running service and the handoff
+// CLI: one JSON request per connection on a unix socket next to the PID
+// file, answered by a stream of JSON messages, the last of which is final.
+package control
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+)
+
+// Commands a service answers.
+const (
+	CmdUpgrade = "upgrade"
+	CmdStatus  = "status"
+	CmdStop    = "stop"
+)
+
+// MaxRequestSize bounds a request line; longer requests are refused.
+const MaxRequestSize = 4096
+
+// Request is what the CLI sends.
+type Request struct {
+	Cmd string `json:"cmd"`
+}
+
+// Message is one line of a reply. Progress messages have Final false; the
+// last message of a reply has Final true and either OK or Error.
+type Message struct {
+	Final   bool           `json:"final,omitempty"`
+	OK      bool           `json:"ok,omitempty"`
+	Error   string         `json:"error,omitempty"`
+	Step    string         `json:"step,omitempty"`
+	Msg     string         `json:"msg,omitempty"`
+	Status  *Status        `json:"status,omitempty"`
+	Upgrade *UpgradeResult `json:"upgrade,omitempty"`
+}
+
+// UpgradeResult describes a finished upgrade.
+type UpgradeResult struct {
+	OldPID     int           `json:"old_pid"`
+	NewPID     int           `json:"new_pid"`
+	Generation int           `json:"generation"`
+	Version    string        `json:"version,omitempty"`
+	Duration   time.Duration `json:"duration_ns"`
+}
+
+// Status is a snapshot of a running generation.
+type Status struct {
+	PID        int            `json:"pid"`
+	Generation int            `json:"generation"`
+	Version    string         `json:"version,omitempty"`
+	Started    time.Time      `json:"started"`
+	Uptime     time.Duration  `json:"uptime_ns"`
+	State      string         `json:"state"`
+	Listeners  []string       `json:"listeners"`
+	Workers    []WorkerStatus `json:"workers"`
+	ParentPID  int            `json:"parent_pid,omitempty"`
+	LastError  string         `json:"last_upgrade_error,omitempty"`
+}
+
+// WorkerStatus describes one worker of the pool.
+type WorkerStatus struct {
+	ID       int           `json:"id"`
+	PID      int           `json:"pid,omitempty"`
+	State    string        `json:"state"`
+	Restarts int           `json:"restarts"`
+	Uptime   time.Duration `json:"uptime_ns"`
+	LastErr  string        `json:"last_error,omitempty"`
+}
+
+// ParseRequest decodes one request line, refusing unknown commands and
+// trailing data.
+func ParseRequest(line []byte) (Request, error) {
+	var req Request
+	if len(line) > MaxRequestSize {
+		return req, fmt.Errorf("request of %d bytes exceeds %d", len(line), MaxRequestSize)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(line)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, fmt.Errorf("decode request: %w", err)
+	}
+	if dec.More() {
+		return req, errors.New("decode request: trailing data")
+	}
+	switch req.Cmd {
+	case CmdUpgrade, CmdStatus, CmdStop:
+		return req, nil
+	case "":
+		return req, errors.New("request has no cmd")
+	default:
+		return req, fmt.Errorf("unknown cmd %q", req.Cmd)
+	}
+}
+
+// SocketPath derives the control socket's path from a PID file's path:
+// run/hello.pid becomes run/hello.sock.
+func SocketPath(pidFile string) string {
+	return strings.TrimSuffix(pidFile, ".pid") + ".sock"
+}
+
+// Do sends req to the service listening on socket and returns its final
+// message. Every progress message is passed to progress, which may be nil.
+// A final message with an error is returned as an error too.
+func Do(ctx context.Context, socket string, req Request, progress func(Message)) (Message, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return Message{}, fmt.Errorf("connect to control socket %s: %w", socket, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
+
+	b, _ := json.Marshal(req)
+	if _, err := conn.Write(append(b, '\n')); err != nil {
+		return Message{}, fmt.Errorf("send %s request: %w", req.Cmd, err)
+	}
+	sc := bufio.NewScanner(conn)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var m Message
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			return Message{}, fmt.Errorf("decode reply to %s: %w", req.Cmd, err)
+		}
+		if !m.Final {
+			if progress != nil {
+				progress(m)
+			}
+			continue
+		}
+		if !m.OK {
+			return m, errors.New(m.Error)
+		}
+		return m, nil
+	}
+	if ctx.Err() != nil {
+		return Message{}, fmt.Errorf("%s: %w", req.Cmd, ctx.Err())
+	}
+	if err := sc.Err(); err != nil {
+		return Message{}, fmt.Errorf("read reply to %s: %w", req.Cmd, err)
+	}
+	return Message{}, fmt.Errorf("%s: connection closed before a reply", req.Cmd)
+}
+
+// Writer sends the messages of one reply.
+type Writer struct {
+	enc *json.Encoder
+}
+
+// NewWriter returns a Writer on conn.
+func NewWriter(conn net.Conn) *Writer {
+	return &Writer{enc: json.NewEncoder(conn)}
+}
+
+// Progress sends a progress message.
+func (w *Writer) Progress(step, msg string) error {
+	return w.enc.Encode(Message{Step: step, Msg: msg})
+}
+
+// Final sends the final message, failed if err is not nil.
+func (w *Writer) Final(m Message, err error) error {
+	m.Final = true
+	m.OK = err == nil
+	if err != nil {
+		m.Error = err.Error()
+	}
+	return w.enc.Encode(m)
+}

@@ -1,0 +1,108 @@
+package upgrader
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/gohandoff/handoff/internal/control"
+)
+
+// listenControl opens the control socket, inherited like any listener.
+// The first generation removes a stale socket file left by a killed run;
+// New has checked by then that no instance holds the PID file.
+func (u *Upgrader) listenControl() error {
+	path := u.opts.ControlSocket
+	if !u.HasParent() {
+		if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+				c.Close()
+				return fmt.Errorf("upgrader: control socket %s is in use by another instance", path)
+			}
+			os.Remove(path)
+		}
+	}
+	ln, err := u.tf.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("upgrader: control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("upgrader: control socket: %w", err)
+	}
+	u.ctlLn = ln
+	return nil
+}
+
+func (u *Upgrader) closeControl() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.ctlLn != nil {
+		u.ctlLn.Close()
+	}
+}
+
+// serveControl answers control requests until the socket is closed, then
+// waits for the requests in progress.
+func (u *Upgrader) serveControl(done <-chan struct{}) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		conn, err := u.ctlLn.Accept()
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer conn.Close()
+			u.handleControl(conn, done)
+		}()
+	}
+}
+
+func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
+	w := control.NewWriter(conn)
+	if err := checkPeer(conn); err != nil {
+		u.log.Warn("control request refused", "err", err)
+		w.Final(control.Message{}, err)
+		return
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReaderSize(conn, control.MaxRequestSize+1)
+	line, err := r.ReadSlice('\n')
+	if err != nil {
+		if errors.Is(err, bufio.ErrBufferFull) {
+			err = fmt.Errorf("request exceeds %d bytes", control.MaxRequestSize)
+		}
+		w.Final(control.Message{}, fmt.Errorf("read request: %w", err))
+		return
+	}
+	conn.SetReadDeadline(time.Time{})
+	req, err := control.ParseRequest(line)
+	if err != nil {
+		u.log.Warn("bad control request", "err", err)
+		w.Final(control.Message{}, err)
+		return
+	}
+	switch req.Cmd {
+	case control.CmdStatus:
+		w.Final(control.Message{Status: u.status()}, nil)
+	case control.CmdUpgrade:
+		u.log.Info("upgrade requested", "via", "control socket")
+		ctx, cancel := context.WithTimeout(context.Background(), u.opts.DrainTimeout+u.opts.UpgradeTimeout)
+		defer cancel()
+		res, err := u.upgrade(ctx, func(step, msg string) { w.Progress(step, msg) })
+		w.Final(control.Message{Upgrade: &res}, err)
+	case control.CmdStop:
+		u.log.Info("stop requested", "via", "control socket")
+		u.Stop()
+		w.Progress("stop", fmt.Sprintf("pid %d draining, timeout %s", os.Getpid(), u.opts.DrainTimeout))
+		w.Final(control.Message{Status: u.status()}, nil)
+	}
+}

@@ -1,0 +1,197 @@
+package upgrader
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// DefaultIdleGrace is how long a draining HTTP server leaves an idle
+// keep-alive connection open for one more request before it closes it.
+const DefaultIdleGrace = time.Second
+
+// newConnGrace is how long a draining server waits for the first request
+// of a connection that has sent nothing yet, as net/http does in Shutdown.
+const newConnGrace = 5 * time.Second
+
+// HTTPServer serves an http.Server from every worker of a pool and drains
+// it without losing a request the kernel accepted. Its Worker method is the
+// WorkerFunc to pass to Upgrader.Serve.
+//
+// A drain first stops accepting: the listeners are closed and every accept
+// loop has returned. Each connection then finishes its request with
+// "Connection: close", an idle keep-alive connection gets IdleGrace to send
+// one more request (answered the same way) before it is closed, and HTTP/2
+// connections get a GOAWAY and finish their streams. What is still open at
+// the drain timeout is cut, and the count is logged. Unlike calling
+// http.Server.Shutdown alone, no request read after the drain began is
+// dropped without an answer.
+type HTTPServer struct {
+	// Server is served by every worker. Its Handler and ConnState are
+	// wrapped on first use; set them before. With a TLSConfig, the server
+	// serves TLS (and HTTP/2) with the certificates in it.
+	Server *http.Server
+	// IdleGrace defaults to DefaultIdleGrace.
+	IdleGrace time.Duration
+
+	init      sync.Once
+	tls       bool
+	serving   sync.WaitGroup
+	drainC    <-chan struct{}
+	drainOnce sync.Once
+	drainErr  error
+
+	mu    sync.Mutex
+	conns map[net.Conn]connInfo
+}
+
+type connInfo struct {
+	state http.ConnState
+	since time.Time
+}
+
+func (s *HTTPServer) setup(w *Worker) {
+	s.init.Do(func() {
+		if s.IdleGrace <= 0 {
+			s.IdleGrace = DefaultIdleGrace
+		}
+		s.drainC = w.Draining()
+		// Decided once: serving sets TLSConfig for HTTP/2 as it starts.
+		s.tls = s.Server.TLSConfig != nil
+		s.conns = make(map[net.Conn]connInfo)
+		h := s.Server.Handler
+		if h == nil {
+			h = http.DefaultServeMux
+		}
+		s.Server.Handler = http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			select {
+			case <-s.drainC:
+				rw.Header().Set("Connection", "close")
+			default:
+			}
+			h.ServeHTTP(rw, r)
+		})
+		hook := s.Server.ConnState
+		s.Server.ConnState = func(c net.Conn, st http.ConnState) {
+			s.track(c, st)
+			if hook != nil {
+				hook(c, st)
+			}
+		}
+	})
+}
+
+func (s *HTTPServer) track(c net.Conn, st http.ConnState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch st {
+	case http.StateClosed, http.StateHijacked:
+		delete(s.conns, c)
+	default:
+		s.conns[c] = connInfo{state: st, since: time.Now()}
+	}
+}
+
+// Worker serves s.Server on every listener of w until the drain, then
+// drains it. Workers of one pool share the server and its drain.
+func (s *HTTPServer) Worker(ctx context.Context, w *Worker) error {
+	if s.Server == nil {
+		return errors.New("upgrader: HTTPServer.Server is nil")
+	}
+	s.setup(w)
+	errc := make(chan error, len(w.Listeners))
+	for _, ln := range w.Listeners {
+		s.serving.Add(1)
+		go func() {
+			defer s.serving.Done()
+			if s.tls {
+				errc <- s.Server.ServeTLS(ln, "", "")
+			} else {
+				errc <- s.Server.Serve(ln)
+			}
+		}()
+	}
+	w.Ready()
+	var serveErr error
+	for range w.Listeners {
+		if err := <-errc; serveErr == nil {
+			serveErr = err
+		}
+	}
+	select {
+	case <-w.Draining():
+	default:
+		return fmt.Errorf("http serve: %w", serveErr)
+	}
+	s.drainOnce.Do(func() { s.drainErr = s.drain(ctx, w) })
+	return s.drainErr
+}
+
+func (s *HTTPServer) drain(ctx context.Context, w *Worker) error {
+	s.serving.Wait() // every accept loop has returned: the set of conns only shrinks
+	start := time.Now()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for s.closeIdle() > 0 {
+		select {
+		case <-ctx.Done():
+			cut := s.closeAll()
+			w.Logger.Warn("drain timeout: connections cut", "cut", cut, "duration", time.Since(start).Round(time.Millisecond))
+			s.Server.Close()
+			return nil
+		case <-tick.C:
+		}
+	}
+	// Only HTTP/2 connections may be left: Shutdown sends them GOAWAY and
+	// waits for their streams.
+	if err := s.Server.Shutdown(ctx); err != nil {
+		cut := s.closeAll()
+		s.Server.Close()
+		w.Logger.Warn("drain timeout: connections cut", "cut", cut, "duration", time.Since(start).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// closeIdle closes the HTTP/1 connections idle for longer than their grace
+// and returns how many HTTP/1 connections remain open.
+func (s *HTTPServer) closeIdle() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	left := 0
+	for c, ci := range s.conns {
+		if isHTTP2(c) {
+			continue
+		}
+		idle := (ci.state == http.StateIdle && now.Sub(ci.since) >= s.IdleGrace) ||
+			(ci.state == http.StateNew && now.Sub(ci.since) >= newConnGrace)
+		if idle {
+			c.Close()
+			delete(s.conns, c)
+			continue
+		}
+		left++
+	}
+	return left
+}
+
+func (s *HTTPServer) closeAll() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(s.conns)
+	for c := range s.conns {
+		c.Close()
+		delete(s.conns, c)
+	}
+	return n
+}
+
+func isHTTP2(c net.Conn) bool {
+	tc, ok := c.(*tls.Conn)
+	return ok && tc.ConnectionState().NegotiatedProtocol == "h2"
+}

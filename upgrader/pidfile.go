@@ -1,0 +1,98 @@
+package upgrader
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+)
+
+// WritePIDFile writes pids, one a line, to path atomically: a temporary file
+// in the same folder is renamed over path, so readers see the old or the new
+// content and a symlink planted at path is replaced, never followed.
+func WritePIDFile(path string, pids ...int) error {
+	var b bytes.Buffer
+	for _, pid := range pids {
+		b.WriteString(strconv.Itoa(pid))
+		b.WriteByte('\n')
+	}
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	f, err := os.CreateTemp(dir, "."+base+".tmp*")
+	if err != nil {
+		return fmt.Errorf("upgrader: write pid file %s: %w", path, err)
+	}
+	tmp := f.Name()
+	_, werr := f.Write(b.Bytes())
+	if werr == nil {
+		werr = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = os.Rename(tmp, path)
+	}
+	if werr != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("upgrader: write pid file %s: %w", path, werr)
+	}
+	return nil
+}
+
+// ReadPIDFile returns the pids listed in path, one a line.
+func ReadPIDFile(path string) ([]int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pids, err := ParsePIDs(b)
+	if err != nil {
+		return nil, fmt.Errorf("pid file %s: %w", path, err)
+	}
+	return pids, nil
+}
+
+// ParsePIDs parses the content of a PID file: positive decimal pids, one a
+// line, surrounding white space ignored.
+func ParsePIDs(b []byte) ([]int, error) {
+	var pids []int
+	for i, line := range bytes.Split(b, []byte("\n")) {
+		line = bytes.TrimSpace(line)
+		if len(line) == 0 {
+			continue
+		}
+		pid, err := strconv.Atoi(string(line))
+		if err != nil || pid <= 0 {
+			return nil, fmt.Errorf("line %d: %q is not a pid", i+1, truncate(line, 32))
+		}
+		pids = append(pids, pid)
+	}
+	return pids, nil
+}
+
+func truncate(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[:n]
+	}
+	return b
+}
+
+// checkPIDDir fails early, with the folder's name, when the PID file's
+// folder cannot be written, creating it if it is missing.
+func checkPIDDir(path string) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("upgrader: pid file folder: %w", err)
+	}
+	f, err := os.CreateTemp(dir, ".handoff-probe*")
+	if err != nil {
+		return fmt.Errorf("upgrader: pid file folder %s is not writable: %w", dir, err)
+	}
+	f.Close()
+	os.Remove(f.Name())
+	return nil
+}

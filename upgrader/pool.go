@@ -1,0 +1,242 @@
+package upgrader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/gohandoff/handoff/internal/control"
+)
+
+// Restart backoff of a failing worker: it doubles from MinRestartBackoff up
+// to MaxRestartBackoff, and starts again from the minimum once a worker has
+// stayed up for StableAfter.
+const (
+	MinRestartBackoff = 100 * time.Millisecond
+	MaxRestartBackoff = 10 * time.Second
+	StableAfter       = 10 * time.Second
+)
+
+// A WorkerFunc is the application's worker. Each worker of the pool runs it
+// over the same listeners. It calls w.Ready once it serves, serves until
+// w.Draining is closed (the listeners are closed right after), then
+// finishes the work it accepted and returns nil. ctx is cancelled when the
+// drain timeout has passed: whatever is left must be cut then.
+//
+// A WorkerFunc that returns before the drain, with an error or not, or
+// panics, is logged and run again after a backoff.
+type WorkerFunc func(ctx context.Context, w *Worker) error
+
+// Worker is one worker of a generation's pool.
+type Worker struct {
+	// ID numbers the workers of a pool from 0.
+	ID int
+	// Listeners and PacketConns are the service's sockets, shared by
+	// every worker and every generation.
+	Listeners   []net.Listener
+	PacketConns []net.PacketConn
+	// Logger carries the pid, the generation and the worker's ID.
+	Logger *slog.Logger
+
+	pool  *pool
+	ready sync.Once
+}
+
+// Ready tells the pool that this worker serves. It is safe to call twice.
+func (w *Worker) Ready() {
+	w.ready.Do(func() { w.pool.workerReady(w.ID) })
+}
+
+// Draining returns a channel closed when the generation starts draining,
+// just before its listeners are closed.
+func (w *Worker) Draining() <-chan struct{} {
+	return w.pool.draining
+}
+
+type slot struct {
+	state    string
+	restarts int
+	started  time.Time
+	lastErr  string
+	wasReady bool
+}
+
+// pool runs n goroutine workers and supervises them.
+type pool struct {
+	fn       WorkerFunc
+	lns      []net.Listener
+	pcs      []net.PacketConn
+	log      *slog.Logger
+	draining chan struct{}
+	readyC   chan struct{}
+	done     chan struct{}
+	cancel   context.CancelFunc
+	drainOne sync.Once
+
+	mu     sync.Mutex
+	slots  []slot
+	nready int
+}
+
+func newPool(n int, fn WorkerFunc, lns []net.Listener, pcs []net.PacketConn, log *slog.Logger) *pool {
+	return &pool{
+		fn:       fn,
+		lns:      lns,
+		pcs:      pcs,
+		log:      log,
+		draining: make(chan struct{}),
+		readyC:   make(chan struct{}),
+		done:     make(chan struct{}),
+		slots:    make([]slot, n),
+	}
+}
+
+// start runs the workers until drain; done is closed when all returned.
+func (p *pool) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	var wg sync.WaitGroup
+	for id := range p.slots {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.supervise(ctx, id)
+		}()
+	}
+	go func() {
+		wg.Wait()
+		close(p.done)
+	}()
+}
+
+func (p *pool) isDraining() bool {
+	select {
+	case <-p.draining:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *pool) supervise(ctx context.Context, id int) {
+	backoff := MinRestartBackoff
+	for {
+		p.setState(id, "starting", nil)
+		start := time.Now()
+		err := p.runOnce(ctx, id)
+		if p.isDraining() || ctx.Err() != nil {
+			p.setState(id, "stopped", err)
+			return
+		}
+		if err == nil {
+			err = errors.New("worker returned before the drain")
+		}
+		if time.Since(start) >= StableAfter {
+			backoff = MinRestartBackoff
+		}
+		p.setState(id, "backoff", err)
+		p.log.Error("worker failed, restarting", "worker", id, "err", err, "backoff", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-p.draining:
+			return
+		}
+		backoff = min(backoff*2, MaxRestartBackoff)
+		p.mu.Lock()
+		p.slots[id].restarts++
+		p.mu.Unlock()
+	}
+}
+
+func (p *pool) runOnce(ctx context.Context, id int) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
+		}
+	}()
+	w := &Worker{ID: id, Listeners: p.lns, PacketConns: p.pcs, Logger: p.log.With("worker", id), pool: p}
+	return p.fn(ctx, w)
+}
+
+func (p *pool) setState(id int, state string, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := &p.slots[id]
+	s.state = state
+	if state == "starting" {
+		s.started = time.Now()
+	}
+	if err != nil {
+		s.lastErr = err.Error()
+	}
+}
+
+func (p *pool) workerReady(id int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := &p.slots[id]
+	if p.isDraining() {
+		return
+	}
+	s.state = "ready"
+	if s.wasReady {
+		return
+	}
+	s.wasReady = true
+	p.nready++
+	if p.nready == len(p.slots) {
+		close(p.readyC)
+	}
+}
+
+// drain stops the pool: it marks it draining, closes the sockets so no
+// worker accepts any more, and waits for the workers until ctx is done,
+// when it cancels their context and waits a little more.
+func (p *pool) drain(ctx context.Context) error {
+	p.drainOne.Do(func() {
+		p.mu.Lock()
+		close(p.draining)
+		for i := range p.slots {
+			if p.slots[i].state == "ready" {
+				p.slots[i].state = "draining"
+			}
+		}
+		p.mu.Unlock()
+		for _, ln := range p.lns {
+			ln.Close()
+		}
+		for _, pc := range p.pcs {
+			pc.Close()
+		}
+	})
+	select {
+	case <-p.done:
+		return nil
+	case <-ctx.Done():
+	}
+	p.cancel()
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(time.Second):
+		return errors.New("upgrader: workers did not return after the drain timeout")
+	}
+}
+
+func (p *pool) status() []control.WorkerStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]control.WorkerStatus, len(p.slots))
+	for i, s := range p.slots {
+		out[i] = control.WorkerStatus{ID: i, State: s.state, Restarts: s.restarts, LastErr: s.lastErr}
+		if !s.started.IsZero() {
+			out[i].Uptime = time.Since(s.started).Round(time.Millisecond)
+		}
+	}
+	return out
+}

@@ -1,0 +1,23 @@
+//go:build windows
+
+package upgrader
+
+import "os"
+
+// Windows has no SIGHUP: a service there builds and serves, but cannot
+// upgrade.
+var (
+	upgradeSignals = []os.Signal{}
+	stopSignals    = []os.Signal{os.Interrupt}
+)
+
+func isUpgradeSignal(os.Signal) bool { return false }
+
+func processAlive(pid int) bool {
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return false
+	}
+	p.Release()
+	return true
+}

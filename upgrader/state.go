@@ -1,0 +1,65 @@
+package upgrader
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"time"
+)
+
+// stateName is the name under which the generation state file is passed
+// from one generation to the next.
+const stateName = "handoff-state"
+
+// genState is what one generation tells the next, and the next tells the
+// previous one when it is ready. It travels in an unlinked file whose
+// descriptor is inherited, so nothing leaks into the environment.
+type genState struct {
+	Generation int       `json:"generation"`
+	PID        int       `json:"pid"`
+	Version    string    `json:"version,omitempty"`
+	FirstStart time.Time `json:"first_start"`
+}
+
+// stateFile is shared by every generation of a service. Only one of them
+// writes at a time: the serving one before it starts an upgrade, the new
+// one just before it reports ready.
+type stateFile struct {
+	f *os.File
+}
+
+func newStateFile() (*stateFile, error) {
+	f, err := os.CreateTemp("", "handoff-state-*")
+	if err != nil {
+		return nil, fmt.Errorf("upgrader: create state file: %w", err)
+	}
+	os.Remove(f.Name())
+	return &stateFile{f: f}, nil
+}
+
+func (s *stateFile) write(st genState) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := s.f.Truncate(0); err != nil {
+		return fmt.Errorf("upgrader: write state: %w", err)
+	}
+	if _, err := s.f.WriteAt(b, 0); err != nil {
+		return fmt.Errorf("upgrader: write state: %w", err)
+	}
+	return nil
+}
+
+func (s *stateFile) read() (genState, error) {
+	var st genState
+	b, err := io.ReadAll(io.NewSectionReader(s.f, 0, 1<<20))
+	if err != nil {
+		return st, fmt.Errorf("upgrader: read state: %w", err)
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("upgrader: read state: %w", err)
+	}
+	return st, nil
+}

@@ -1,0 +1,400 @@
+package upgrader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cloudflare/tableflip"
+	"github.com/gohandoff/handoff/internal/control"
+)
+
+// Defaults for the zero Options.
+const (
+	DefaultUpgradeTimeout = 60 * time.Second
+	DefaultDrainTimeout   = 30 * time.Second
+)
+
+// tableflipParentEnv is tableflip's marker of a process started by an
+// upgrade. It is read once by New and removed, so that nothing the
+// application spawns inherits it.
+const tableflipParentEnv = "TABLEFLIP_HAS_PARENT_7DIU3"
+
+// Errors callers branch on.
+var (
+	// ErrUpgradeInProgress: another upgrade has not finished yet.
+	ErrUpgradeInProgress = errors.New("upgrader: upgrade in progress")
+	// ErrUpgraded: this generation has handed over and is draining.
+	ErrUpgraded = errors.New("upgrader: already upgraded, this generation is draining")
+	// ErrStopping: this generation is stopping.
+	ErrStopping = errors.New("upgrader: stopping")
+	// ErrNotReady: this generation has not reported ready yet.
+	ErrNotReady = errors.New("upgrader: not ready yet")
+)
+
+// Options control an Upgrader. The zero value works: no PID file, no
+// control socket, GOMAXPROCS workers and the default timeouts.
+type Options struct {
+	// PIDFile, if set, is written atomically with the pid of a generation
+	// once it is ready: the path for kill -HUP and systemd's PIDFile=.
+	PIDFile string
+	// ControlSocket is the unix socket the handoff CLI talks to. It
+	// defaults to the PID file's path with ".sock" for ".pid"; without a
+	// PID file there is none unless it is set.
+	ControlSocket string
+	// Workers is the number of workers in the pool; default GOMAXPROCS.
+	Workers int
+	// UpgradeTimeout bounds how long a new generation may take to be
+	// ready before it is killed and the upgrade fails.
+	UpgradeTimeout time.Duration
+	// DrainTimeout bounds how long a generation finishes its accepted work
+	// after it stopped accepting; what is left then is cut.
+	DrainTimeout time.Duration
+	// Version is reported in logs and status.
+	Version string
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// ListenConfig is used for sockets not inherited from a parent.
+	ListenConfig *net.ListenConfig
+}
+
+// Upgrader runs one generation of a service: it owns the listeners, which
+// it inherits from the previous generation and passes to the next, the
+// pool of workers, the PID file and the control socket.
+//
+// Only one Upgrader may exist in a process.
+type Upgrader struct {
+	opts    Options
+	log     *slog.Logger
+	tf      *tableflip.Upgrader
+	state   *stateFile
+	gen     int
+	first   time.Time
+	started time.Time
+	ppid    int
+
+	upgrading atomic.Bool
+	phase     atomic.Value // string
+	ready     chan struct{}
+	parent    chan struct{} // closed when the previous generation has exited
+	force     chan struct{}
+	forceOnce sync.Once
+
+	mu        sync.Mutex
+	lns       []net.Listener
+	pcs       []net.PacketConn
+	addrs     []string
+	ctlLn     net.Listener
+	pool      *pool
+	lastError string
+}
+
+// New starts a generation. In the first process of a service it checks
+// that no other instance runs with the same PID file; in a process started
+// by an upgrade it takes the listeners over from its parent.
+func New(opts Options) (*Upgrader, error) {
+	if opts.UpgradeTimeout <= 0 {
+		opts.UpgradeTimeout = DefaultUpgradeTimeout
+	}
+	if opts.DrainTimeout <= 0 {
+		opts.DrainTimeout = DefaultDrainTimeout
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = runtime.GOMAXPROCS(0)
+	}
+	if opts.ControlSocket == "" && opts.PIDFile != "" {
+		opts.ControlSocket = control.SocketPath(opts.PIDFile)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	hasParent := os.Getenv(tableflipParentEnv) != ""
+	if !hasParent && opts.PIDFile != "" {
+		if err := checkPIDDir(opts.PIDFile); err != nil {
+			return nil, err
+		}
+		if err := checkNotRunning(opts.PIDFile, opts.Logger); err != nil {
+			return nil, err
+		}
+	}
+
+	tf, err := tableflip.New(tableflip.Options{
+		UpgradeTimeout: opts.UpgradeTimeout,
+		ListenConfig:   opts.ListenConfig,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("upgrader: %w", err)
+	}
+	os.Unsetenv(tableflipParentEnv)
+
+	u := &Upgrader{
+		opts:    opts,
+		tf:      tf,
+		started: time.Now(),
+		ready:   make(chan struct{}),
+		parent:  make(chan struct{}),
+		force:   make(chan struct{}),
+	}
+	u.phase.Store("starting")
+	if err := u.loadState(); err != nil {
+		tf.Stop()
+		return nil, err
+	}
+	u.log = opts.Logger.With("pid", os.Getpid(), "generation", u.gen)
+	if u.ppid != 0 {
+		u.log.Info("new generation starting", "parent_pid", u.ppid, "version", opts.Version)
+		go u.watchParent()
+	} else {
+		close(u.parent)
+		u.log.Info("starting", "version", opts.Version)
+	}
+	if opts.ControlSocket != "" {
+		if err := u.listenControl(); err != nil {
+			tf.Stop()
+			return nil, err
+		}
+	}
+	return u, nil
+}
+
+func (u *Upgrader) loadState() error {
+	f, err := u.tf.File(stateName)
+	if err != nil {
+		return fmt.Errorf("upgrader: inherit state file: %w", err)
+	}
+	if f == nil {
+		sf, err := newStateFile()
+		if err != nil {
+			return err
+		}
+		if err := u.tf.AddFile(stateName, sf.f); err != nil {
+			sf.f.Close()
+			return fmt.Errorf("upgrader: pass state file: %w", err)
+		}
+		u.state, u.gen, u.first = sf, 1, u.started
+		return nil
+	}
+	u.state = &stateFile{f: f}
+	st, err := u.state.read()
+	if err != nil {
+		return err
+	}
+	u.gen, u.first, u.ppid = st.Generation+1, st.FirstStart, st.PID
+	return nil
+}
+
+func checkNotRunning(pidFile string, log *slog.Logger) error {
+	pids, err := ReadPIDFile(pidFile)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		log.Warn("ignoring unreadable pid file", "path", pidFile, "err", err)
+		return nil
+	}
+	for _, pid := range pids {
+		if pid != os.Getpid() && processAlive(pid) {
+			return fmt.Errorf("upgrader: already running as pid %d (pid file %s)", pid, pidFile)
+		}
+	}
+	if len(pids) > 0 {
+		log.Warn("taking over stale pid file", "path", pidFile, "stale_pid", pids[0])
+	}
+	return nil
+}
+
+// Generation is 1 in the first process of a service and grows by one with
+// every upgrade.
+func (u *Upgrader) Generation() int { return u.gen }
+
+// HasParent reports whether this generation was started by an upgrade.
+func (u *Upgrader) HasParent() bool { return u.tf.HasParent() }
+
+// Listen returns a listener inherited from the previous generation, or
+// creates it. Call it before Serve, for every listener the service needs.
+func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
+	ln, err := u.tf.Listen(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("upgrader: listen on %s %s: %w", network, addr, err)
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.lns = append(u.lns, ln)
+	u.addrs = append(u.addrs, network+"://"+ln.Addr().String())
+	return ln, nil
+}
+
+// ListenPacket returns a packet conn inherited from the previous
+// generation, or creates it. Call it before Serve.
+func (u *Upgrader) ListenPacket(network, addr string) (net.PacketConn, error) {
+	pc, err := u.tf.ListenPacket(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("upgrader: listen on %s %s: %w", network, addr, err)
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.pcs = append(u.pcs, pc)
+	u.addrs = append(u.addrs, network+"://"+pc.LocalAddr().String())
+	return pc, nil
+}
+
+// Ready returns a channel closed once this generation is ready: every
+// worker serves, the PID file is written and the previous generation was
+// told to drain.
+func (u *Upgrader) Ready() <-chan struct{} { return u.ready }
+
+// Stop ends this generation gracefully: a running upgrade is abandoned and
+// Serve drains the pool and returns. It is safe to call more than once.
+func (u *Upgrader) Stop() { u.tf.Stop() }
+
+// markReady publishes this generation once its pool is ready.
+func (u *Upgrader) markReady() error {
+	if u.opts.PIDFile != "" {
+		if err := WritePIDFile(u.opts.PIDFile, os.Getpid()); err != nil {
+			return err
+		}
+	}
+	err := u.state.write(genState{Generation: u.gen, PID: os.Getpid(), Version: u.opts.Version, FirstStart: u.first})
+	if err != nil {
+		return err
+	}
+	if err := u.tf.Ready(); err != nil {
+		return fmt.Errorf("upgrader: report ready to parent pid %d: %w", u.ppid, err)
+	}
+	u.phase.Store("ready")
+	close(u.ready)
+	u.log.Info("ready", "addrs", strings.Join(u.addrs, ","), "workers", u.opts.Workers, "startup", time.Since(u.started).Round(time.Millisecond))
+	return nil
+}
+
+func (u *Upgrader) watchParent() {
+	defer close(u.parent)
+	if err := u.tf.WaitForParent(context.Background()); err != nil {
+		u.log.Warn("previous generation exited abnormally", "parent_pid", u.ppid, "err", err)
+		return
+	}
+	u.log.Info("previous generation exited", "parent_pid", u.ppid)
+}
+
+// UpgradeResult describes a successful upgrade.
+type UpgradeResult = control.UpgradeResult
+
+// Upgrade starts the next generation from the executable at this
+// process's path, which may have been replaced, and waits until it is
+// ready or has failed. Once it succeeds, this generation drains and Serve
+// returns. On failure this generation goes on serving.
+//
+// Only one upgrade runs at a time: a call during another one returns
+// ErrUpgradeInProgress. A call made while the previous generation is still
+// draining waits, bounded by ctx, until it has exited.
+func (u *Upgrader) Upgrade(ctx context.Context) (UpgradeResult, error) {
+	return u.upgrade(ctx, func(string, string) {})
+}
+
+func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string)) (UpgradeResult, error) {
+	res := UpgradeResult{OldPID: os.Getpid()}
+	if !u.upgrading.CompareAndSwap(false, true) {
+		return res, ErrUpgradeInProgress
+	}
+	defer u.upgrading.Store(false)
+	select {
+	case <-u.tf.Exit():
+		if u.phase.Load() == "draining" {
+			return res, ErrUpgraded
+		}
+		return res, ErrStopping
+	case <-u.ready:
+	default:
+		return res, ErrNotReady
+	}
+	select {
+	case <-u.parent:
+	default:
+		progress("wait", fmt.Sprintf("previous generation pid %d is still draining, waiting", u.ppid))
+		u.log.Info("upgrade waits for previous generation to drain", "parent_pid", u.ppid)
+		select {
+		case <-u.parent:
+		case <-ctx.Done():
+			return res, fmt.Errorf("upgrader: previous generation pid %d still draining: %w", u.ppid, ctx.Err())
+		}
+	}
+	start := time.Now()
+	if err := u.state.write(genState{Generation: u.gen, PID: os.Getpid(), Version: u.opts.Version, FirstStart: u.first}); err != nil {
+		return res, err
+	}
+	exe := os.Args[0]
+	progress("start", "starting new generation from "+exe)
+	u.log.Info("upgrade starting", "exe", exe)
+	u.phase.Store("upgrading")
+	err := u.tf.Upgrade()
+	took := time.Since(start)
+	if err != nil {
+		u.phase.Store("ready")
+		err = u.explain(err, took)
+		u.mu.Lock()
+		u.lastError = err.Error()
+		u.mu.Unlock()
+		u.log.Error("upgrade failed, this generation goes on serving", "err", err, "duration", took.Round(time.Millisecond))
+		return res, err
+	}
+	u.phase.Store("draining")
+	st, serr := u.state.read()
+	if serr != nil {
+		u.log.Warn("new generation ready but its state is unreadable", "err", serr)
+	}
+	res.NewPID, res.Generation, res.Version, res.Duration = st.PID, st.Generation, st.Version, took
+	u.log.Info("upgrade done, draining", "new_pid", st.PID, "new_generation", st.Generation, "duration", took.Round(time.Millisecond))
+	progress("ready", fmt.Sprintf("new generation pid %d ready in %d ms", st.PID, took.Milliseconds()))
+	return res, nil
+}
+
+// explain turns tableflip's errors into an operator's message.
+func (u *Upgrader) explain(err error, took time.Duration) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "timed out"):
+		return fmt.Errorf("upgrader: upgrade failed: new generation not ready within the upgrade timeout of %s, killed (%s)", u.opts.UpgradeTimeout, msg)
+	case strings.Contains(msg, "exited"):
+		return fmt.Errorf("upgrader: upgrade failed: new generation exited before ready after %s (%s)", took.Round(time.Millisecond), msg)
+	case msg == "terminating":
+		return ErrStopping
+	case msg == "upgrade in progress":
+		return ErrUpgradeInProgress
+	case msg == "already upgraded":
+		return ErrUpgraded
+	}
+	return fmt.Errorf("upgrader: upgrade failed: %w", err)
+}
+
+// Status returns a snapshot of this generation.
+func (u *Upgrader) status() *control.Status {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	st := &control.Status{
+		PID:        os.Getpid(),
+		Generation: u.gen,
+		Version:    u.opts.Version,
+		Started:    u.started,
+		Uptime:     time.Since(u.started).Round(time.Millisecond),
+		State:      u.phase.Load().(string),
+		Listeners:  append([]string(nil), u.addrs...),
+		LastError:  u.lastError,
+	}
+	select {
+	case <-u.parent:
+	default:
+		st.ParentPID = u.ppid
+	}
+	if u.pool != nil {
+		st.Workers = u.pool.status()
+	}
+	return st
+}
