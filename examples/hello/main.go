@@ -129,6 +129,7 @@ func newMux(upg *upgrader.Upgrader) *http.ServeMux {
 			http.Error(w, "bad duration d", http.StatusBadRequest)
 			return
 		}
+		slog.Info("sleep request in flight", "pid", os.Getpid(), "d", d)
 		select {
 		case <-time.After(d):
 		case <-r.Context().Done():

@@ -1,0 +1,299 @@
+//go:build integration
+
+// Package integration tests handoff with real binaries, real sockets on
+// 127.0.0.1, real signals and real load. TestMain builds the binaries once;
+// HANDOFF_KEEP_TMP=1 keeps their folder.
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gohandoff/handoff/upgrader"
+)
+
+// Binaries built by TestMain.
+var (
+	binDir     string
+	helloV1    string // examples/hello stamped v1
+	helloV2    string // examples/hello stamped v2
+	handoffBin string
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "handoff-integration-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	helloV1 = filepath.Join(dir, "hello-v1")
+	helloV2 = filepath.Join(dir, "hello-v2")
+	handoffBin = filepath.Join(dir, "handoff")
+	builds := []struct{ out, pkg, version string }{
+		{helloV1, "../examples/hello", "v1"},
+		{helloV2, "../examples/hello", "v2"},
+		{handoffBin, "../cmd/handoff", "test"},
+	}
+	for _, b := range builds {
+		cmd := exec.Command("go", "build", "-ldflags", "-X main.version="+b.version, "-o", b.out, b.pkg)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b.pkg, err, out)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	if os.Getenv("HANDOFF_KEEP_TMP") == "" {
+		os.RemoveAll(dir)
+	} else {
+		fmt.Fprintln(os.Stderr, "binaries kept in", dir)
+	}
+	os.Exit(code)
+}
+
+// deadline returns the test's deadline less a margin, or a minute away.
+func deadline(t *testing.T) time.Time {
+	if d, ok := t.Deadline(); ok {
+		return d.Add(-10 * time.Second)
+	}
+	return time.Now().Add(time.Minute)
+}
+
+// install copies src to dst atomically (temporary file, then rename), as
+// a deploy replaces a binary that may be running.
+func install(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	installBytes(t, b, dst)
+}
+
+// installBytes writes b to dst atomically.
+func installBytes(t *testing.T, b []byte, dst string) {
+	t.Helper()
+	tmp := dst + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// logWatch collects a service's output, shared by all its generations,
+// and lets a test wait for a line.
+type logWatch struct {
+	mu    sync.Mutex
+	lines []string
+	cond  chan struct{} // closed and replaced on every new line
+}
+
+func newLogWatch(r io.Reader) *logWatch {
+	lw := &logWatch{cond: make(chan struct{})}
+	go func() {
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			lw.mu.Lock()
+			lw.lines = append(lw.lines, sc.Text())
+			close(lw.cond)
+			lw.cond = make(chan struct{})
+			lw.mu.Unlock()
+		}
+	}()
+	return lw
+}
+
+func (lw *logWatch) String() string {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	return strings.Join(lw.lines, "\n")
+}
+
+// waitFor waits until a line holding every one of parts has been logged
+// after the first `from` lines, and returns its index.
+func (lw *logWatch) waitFor(t *testing.T, from int, parts ...string) int {
+	t.Helper()
+	timer := time.NewTimer(time.Until(deadline(t)))
+	defer timer.Stop()
+	for {
+		lw.mu.Lock()
+		for i := from; i < len(lw.lines); i++ {
+			if containsAll(lw.lines[i], parts) {
+				lw.mu.Unlock()
+				return i
+			}
+		}
+		c := lw.cond
+		lw.mu.Unlock()
+		select {
+		case <-c:
+		case <-timer.C:
+			t.Fatalf("no log line with %q; log:\n%s", parts, lw)
+		}
+	}
+}
+
+func (lw *logWatch) len() int {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	return len(lw.lines)
+}
+
+func containsAll(s string, parts []string) bool {
+	for _, p := range parts {
+		if !strings.Contains(s, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// service is a hello service started from a path of its own.
+type service struct {
+	t       *testing.T
+	dir     string
+	exe     string
+	pidfile string
+	addr    string
+	log     *logWatch
+	cmd     *exec.Cmd
+}
+
+// freeAddr returns a free 127.0.0.1 port.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startHello installs bin as dir/hello, starts it and waits until ready.
+func startHello(t *testing.T, bin string, args ...string) *service {
+	t.Helper()
+	dir := t.TempDir()
+	s := &service{t: t, dir: dir, exe: filepath.Join(dir, "hello"), pidfile: filepath.Join(dir, "run", "hello.pid"), addr: freeAddr(t)}
+	install(t, bin, s.exe)
+	args = append([]string{"--listen", s.addr, "--pidfile", s.pidfile}, args...)
+	s.cmd = exec.Command(s.exe, args...)
+	s.cmd.Dir = dir
+	pr, pw := io.Pipe()
+	s.cmd.Stdout, s.cmd.Stderr = pw, pw
+	s.log = newLogWatch(pr)
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan struct{})
+	go func() { s.cmd.Wait(); close(waited) }()
+	t.Cleanup(func() {
+		s.killAll()
+		<-waited
+		pw.Close()
+		if t.Failed() {
+			t.Logf("service log:\n%s", s.log)
+		}
+	})
+	s.log.waitFor(t, 0, "INFO ready", "generation=1")
+	return s
+}
+
+// pids lists the live (not zombie) processes started from s.exe.
+func (s *service) pids() []int {
+	return processesOf(s.exe)
+}
+
+func processesOf(exe string) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		argv0, _, _ := bytes.Cut(cmdline, []byte{0})
+		if string(argv0) != exe {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		if i := bytes.LastIndexByte(stat, ')'); i > 0 && len(stat) > i+2 && stat[i+2] == 'Z' {
+			continue
+		}
+		out = append(out, pid)
+	}
+	return out
+}
+
+func (s *service) killAll() {
+	for _, pid := range s.pids() {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// pid reads the PID file.
+func (s *service) pid() int {
+	s.t.Helper()
+	pids, err := upgrader.ReadPIDFile(s.pidfile)
+	if err != nil || len(pids) != 1 {
+		s.t.Fatalf("pid file %s: %v %v", s.pidfile, pids, err)
+	}
+	return pids[0]
+}
+
+// get fetches path on a connection of its own.
+func (s *service) get(path string) (int, string, error) {
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
+	resp, err := c.Get("http://" + s.addr + path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(b)), err
+}
+
+// handoff runs the CLI against s and returns its exit code and output.
+func (s *service) handoff(args ...string) (int, string, string) {
+	s.t.Helper()
+	args = append(args, "--pidfile", s.pidfile)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline(s.t))
+	defer cancel()
+	cmd := exec.CommandContext(ctx, handoffBin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			s.t.Fatalf("handoff %v: %v", args, err)
+		}
+		code = ee.ExitCode()
+	}
+	return code, stdout.String(), stderr.String()
+}
