@@ -91,7 +91,7 @@ func TestUpgradesUnderLoadLoseNothing(t *testing.T) {
 					if err := syscall.Kill(s.pid(), syscall.SIGHUP); err != nil {
 						t.Fatal(err)
 					}
-					s.log.waitFor(t, from, "INFO ready", fmt.Sprintf("generation=%d", gen))
+					s.log.waitFor(t, from, "msg=ready", fmt.Sprintf("generation=%d", gen))
 				}
 				waitCount(t, &completed, completed.Load()+2000)
 			}

@@ -212,7 +212,7 @@ func startHello(t *testing.T, bin string, args ...string) *service {
 			t.Logf("service log:\n%s", s.log)
 		}
 	})
-	s.log.waitFor(t, 0, "INFO ready", "generation=1")
+	s.log.waitFor(t, 0, "msg=ready", "generation=1")
 	return s
 }
 

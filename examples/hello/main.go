@@ -18,6 +18,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/gohandoff/handoff/internal/logging"
 	"github.com/gohandoff/handoff/upgrader"
 )
 
@@ -58,6 +59,8 @@ func run(args []string) error {
 	workers := fs.Int("workers", runtime.GOMAXPROCS(0), "worker goroutines")
 	upgradeTimeout := fs.Duration("upgrade-timeout", upgrader.DefaultUpgradeTimeout, "how long a new generation may take to be ready")
 	drainTimeout := fs.Duration("drain-timeout", upgrader.DefaultDrainTimeout, "how long the old generation may take to finish its requests")
+	logFormat := fs.String("log-format", "text", "log `format`: text or json")
+	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -79,6 +82,11 @@ func run(args []string) error {
 	case *drainTimeout <= 0:
 		return usageError{fmt.Errorf("invalid value %s for flag -drain-timeout: must be positive", *drainTimeout)}
 	}
+	log, err := logging.New(os.Stderr, *logFormat, *logLevel)
+	if err != nil {
+		return usageError{fmt.Errorf("flag -log-format/-log-level: %w", err)}
+	}
+	slog.SetDefault(log)
 	if *showVersion {
 		fmt.Println(buildVersion())
 		return nil
