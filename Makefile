@@ -5,7 +5,7 @@
 
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -X main.version=$(VERSION)
+LDFLAGS    = -X main.version=$(VERSION)
 LISTEN    ?= 127.0.0.1:8080
 PIDFILE   ?= run/hello.pid
 DEPLOYDIR ?= deploy

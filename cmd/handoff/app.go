@@ -8,7 +8,6 @@ import (
 	"io"
 	"runtime/debug"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -223,7 +222,7 @@ func stop(c *cli.Context) error {
 	deadline := time.Now().Add(c.Duration("timeout"))
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for syscall.Kill(pid, 0) == nil {
+	for !processGone(pid) {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("pid %d still running after %s", pid, c.Duration("timeout"))
 		}
