@@ -137,7 +137,7 @@ func (s *HTTPServer) drain(ctx context.Context, w *Worker) error {
 	start := time.Now()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for s.closeIdle() > 0 {
+	for s.closeIdle(start) > 0 {
 		select {
 		case <-ctx.Done():
 			cut := s.closeAll()
@@ -157,9 +157,10 @@ func (s *HTTPServer) drain(ctx context.Context, w *Worker) error {
 	return nil
 }
 
-// closeIdle closes the HTTP/1 connections idle for longer than their grace
-// and returns how many HTTP/1 connections remain open.
-func (s *HTTPServer) closeIdle() int {
+// closeIdle closes the HTTP/1 connections idle for longer than their grace,
+// counted from the later of the drain's start and their last request, and
+// returns how many HTTP/1 connections remain open.
+func (s *HTTPServer) closeIdle(drainStart time.Time) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
@@ -168,8 +169,12 @@ func (s *HTTPServer) closeIdle() int {
 		if isHTTP2(c) {
 			continue
 		}
-		idle := (ci.state == http.StateIdle && now.Sub(ci.since) >= s.IdleGrace) ||
-			(ci.state == http.StateNew && now.Sub(ci.since) >= newConnGrace)
+		since := ci.since
+		if since.Before(drainStart) {
+			since = drainStart
+		}
+		idle := (ci.state == http.StateIdle && now.Sub(since) >= s.IdleGrace) ||
+			(ci.state == http.StateNew && now.Sub(since) >= newConnGrace)
 		if idle {
 			c.Close()
 			delete(s.conns, c)

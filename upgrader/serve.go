@@ -118,10 +118,11 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), u.opts.DrainTimeout+u.opts.UpgradeTimeout)
 			defer cancel()
-			if _, err := u.Upgrade(ctx); err != nil && !errors.Is(err, ErrUpgradeInProgress) {
-				return // logged by upgrade
-			} else if err != nil {
-				u.log.Warn("upgrade already in progress, signal ignored", "signal", sig.String())
+			_, err := u.Upgrade(ctx)
+			switch {
+			case errors.Is(err, ErrUpgradeInProgress), errors.Is(err, ErrUpgraded),
+				errors.Is(err, ErrNotReady), errors.Is(err, ErrStopping):
+				u.log.Warn("signal ignored", "signal", sig.String(), "err", err)
 			}
 		}()
 		return
