@@ -36,14 +36,26 @@ func (e usageError) Unwrap() error { return e.error }
 
 func onUsageError(_ *cli.Context, err error, _ bool) error { return usageError{err} }
 
-var pidfileFlag = &cli.StringFlag{
-	Name:    "pidfile",
-	Usage:   "PID file of the service; its control socket is next to it",
-	EnvVars: []string{"HANDOFF_PIDFILE"},
-	Value:   "run/hello.pid",
+// Flags are built for each App: urfave/cli keeps parse state in them.
+
+func pidfileFlag() cli.Flag {
+	return &cli.StringFlag{
+		Name:    "pidfile",
+		Usage:   "PID file of the service; its control socket is next to it",
+		EnvVars: []string{"HANDOFF_PIDFILE"},
+		Value:   "run/hello.pid",
+	}
 }
 
-var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts", EnvVars: []string{"HANDOFF_JSON"}}
+func jsonFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts", EnvVars: []string{"HANDOFF_JSON"}}
+}
+
+func timeoutFlag() cli.Flag {
+	return &cli.DurationFlag{
+		Name: "timeout", Usage: "give up waiting after `DUR`", Value: 2 * time.Minute, EnvVars: []string{"HANDOFF_TIMEOUT"},
+	}
+}
 
 func newApp(stdout, stderr io.Writer) *cli.App {
 	app := &cli.App{
@@ -62,26 +74,22 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Name:      "reload",
 				Usage:     "upgrade the service to the binary now on disk and wait until the new generation is ready",
 				UsageText: "handoff reload [--pidfile PATH] [--timeout DUR] [--json]",
-				Flags: []cli.Flag{pidfileFlag, jsonFlag, &cli.DurationFlag{
-					Name: "timeout", Usage: "give up waiting after `DUR`", Value: 2 * time.Minute, EnvVars: []string{"HANDOFF_TIMEOUT"},
-				}},
-				Action: reload,
+				Flags:     []cli.Flag{pidfileFlag(), jsonFlag(), timeoutFlag()},
+				Action:    reload,
 			},
 			{
 				Name:      "status",
 				Usage:     "show the running generation, its listeners and workers",
 				UsageText: "handoff status [--pidfile PATH] [--json]",
-				Flags:     []cli.Flag{pidfileFlag, jsonFlag},
+				Flags:     []cli.Flag{pidfileFlag(), jsonFlag()},
 				Action:    status,
 			},
 			{
 				Name:      "stop",
 				Usage:     "stop the service gracefully and wait until it has exited",
 				UsageText: "handoff stop [--pidfile PATH] [--timeout DUR]",
-				Flags: []cli.Flag{pidfileFlag, &cli.DurationFlag{
-					Name: "timeout", Usage: "give up waiting after `DUR`", Value: 2 * time.Minute, EnvVars: []string{"HANDOFF_TIMEOUT"},
-				}},
-				Action: stop,
+				Flags:     []cli.Flag{pidfileFlag(), timeoutFlag()},
+				Action:    stop,
 			},
 		},
 	}
