@@ -10,6 +10,7 @@ LISTEN    ?= 127.0.0.1:8080
 PIDFILE   ?= run/hello.pid
 DEPLOYDIR ?= deploy
 KEEP      ?= 5
+export DEPLOYDIR PIDFILE KEEP
 
 .PHONY: all build run deploy rollback releases test test-short lint bench soak clean
 
@@ -21,7 +22,7 @@ build:
 # The main job: the example server from the `current` release, in the foreground.
 run: build
 	@scripts/release.sh install "$(VERSION)"
-	exec $(DEPLOYDIR)/current/hello --listen $(LISTEN) --pidfile $(PIDFILE)
+	@scripts/release.sh run --listen $(LISTEN)
 
 # A new release while `make run` serves: VERSION defaults to a fresh stamp.
 deploy: VERSION := $(if $(filter command line environment,$(origin VERSION)),$(VERSION),$(shell git describe --tags --always --dirty 2>/dev/null || echo dev)-$(shell date -u +%Y%m%d%H%M%S%N | cut -c1-17))

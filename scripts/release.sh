@@ -75,6 +75,20 @@ rollback)
 	reload_or_revert "$cur"
 	echo "$cur" > "$DEPLOYDIR/previous"
 	;;
+run)
+	# Serve deploy/current in the foreground. A reload replaces the process
+	# (the new generation is a child of the old one), so wait on whichever
+	# pid the PID file names until the service stops; Ctrl-C reaches every
+	# generation, which drains and exits.
+	shift
+	"$DEPLOYDIR/current/hello" --pidfile "$PIDFILE" "$@" &
+	first=$!
+	trap 'echo "release: stopping" >&2' INT TERM
+	wait "$first" 2>/dev/null || true
+	while pid=$(cat "$PIDFILE" 2>/dev/null) && [ "$pid" != "$first" ] && kill -0 "$pid" 2>/dev/null; do
+		sleep 1
+	done
+	;;
 list)
 	[ -d "$releases" ] || die "no releases in $releases"
 	cur=$(serving)
@@ -83,6 +97,6 @@ list)
 	done
 	;;
 *)
-	die "usage: release.sh install VERSION | deploy VERSION | rollback | list"
+	die "usage: release.sh install VERSION | run [HELLO FLAGS] | deploy VERSION | rollback | list"
 	;;
 esac
