@@ -34,7 +34,7 @@ func (rep *report) picture() []byte {
 		}
 		color := palette[i%len(palette)]
 		a := series{Name: c.Name, Color: color, Marks: r.UpgradeMarks}
-		b := series{Name: c.Name, Color: color}
+		b := series{Name: c.Name, Color: color, Marks: r.UpgradeMarks}
 		tl := r.Load.Timeline
 		// The first and last seconds are partial: left out.
 		if len(tl) > 2 {
@@ -161,7 +161,8 @@ func niceTicks(hi float64) []float64 {
 		}
 	}
 	var out []float64
-	for t := 0.0; ; t += step {
+	for i := 0; ; i++ {
+		t := float64(i) * step
 		out = append(out, t)
 		if t >= hi {
 			return out
