@@ -2,6 +2,7 @@
 #   make run      build a first release and serve it on 127.0.0.1:8080 (foreground)
 #   make deploy   build a new release, swap the `current` link, reload; roll back on failure
 #   make test     vet + race tests, integration tests included (what CI runs)
+#   make bench    handoff beside tableflip, Node.js cluster and nginx; report in bench/results/
 
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -48,8 +49,11 @@ lint:
 	GOOS=darwin $(GO) vet ./...
 	GOOS=windows $(GO) build ./...
 
+# Every contender side by side under the seed's load, about 10 minutes;
+# the report goes to bench/results/ (BENCHFLAGS: see go run ./bench -h).
 bench:
-	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x ./integration/
+	@scripts/bench-tools.sh
+	$(GO) run ./bench $(BENCHFLAGS)
 
 soak:
 	HANDOFF_SOAK=100 $(GO) test -tags integration -count=1 -timeout 30m -run TestSoak -v ./integration/

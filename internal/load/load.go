@@ -6,6 +6,7 @@ package load
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -66,6 +67,29 @@ type Result struct {
 	Max       time.Duration    `json:"max_ns"`
 	PerSecond []int64          `json:"ok_per_second,omitempty"`
 	P99PerSec []time.Duration  `json:"p99_per_second_ns,omitempty"`
+	// FailedPerSec counts the failures by the second their request started.
+	FailedPerSec []int64 `json:"failed_per_second,omitempty"`
+	// Start is when the load began; the offsets above count from it.
+	Start time.Time `json:"start"`
+
+	samples []sample // successful requests, sorted by start
+}
+
+// Window describes the successful requests that started in [from, to),
+// offsets from Start: how many, and their median and 99th percentile
+// latency. It tells what clients saw while an upgrade was running.
+func (r Result) Window(from, to time.Duration) (n int, p50, p99 time.Duration) {
+	lo, _ := slices.BinarySearchFunc(r.samples, from, func(s sample, t time.Duration) int { return cmp.Compare(s.at, t) })
+	hi, _ := slices.BinarySearchFunc(r.samples, to, func(s sample, t time.Duration) int { return cmp.Compare(s.at, t) })
+	if hi <= lo {
+		return 0, 0, 0
+	}
+	lats := make([]time.Duration, 0, hi-lo)
+	for _, s := range r.samples[lo:hi] {
+		lats = append(lats, s.lat)
+	}
+	p50, p99, _ = quantiles(lats)
+	return len(lats), p50, p99
 }
 
 // RPS is the rate of successful requests.
@@ -121,6 +145,7 @@ func Run(ctx context.Context, cfg Config) Result {
 		sent     atomic.Int64
 		mu       sync.Mutex
 		byKind   = map[string]int64{}
+		failedAt []time.Duration
 		errs     []string
 		samples  [][]sample
 		wg       sync.WaitGroup
@@ -161,6 +186,7 @@ func Run(ctx context.Context, cfg Config) Result {
 					}
 					mu.Lock()
 					byKind[kind]++
+					failedAt = append(failedAt, t0.Sub(start))
 					if len(errs) < 20 {
 						errs = append(errs, fmt.Sprintf("%s: %v", kind, err))
 					}
@@ -175,7 +201,7 @@ func Run(ctx context.Context, cfg Config) Result {
 		}()
 	}
 	wg.Wait()
-	r := Result{Requests: sent.Load(), ByKind: byKind, Errors: errs, Duration: time.Since(start)}
+	r := Result{Requests: sent.Load(), ByKind: byKind, Errors: errs, Duration: time.Since(start), Start: start}
 	var lats []time.Duration
 	secs := int(r.Duration/time.Second) + 1
 	perSec := make([][]time.Duration, secs)
@@ -185,6 +211,12 @@ func Run(ctx context.Context, cfg Config) Result {
 			sec := int(s.at / time.Second)
 			perSec[sec] = append(perSec[sec], s.lat)
 		}
+		r.samples = append(r.samples, ss...)
+	}
+	slices.SortFunc(r.samples, func(a, b sample) int { return cmp.Compare(a.at, b.at) })
+	r.FailedPerSec = make([]int64, secs)
+	for _, at := range failedAt {
+		r.FailedPerSec[min(int(at/time.Second), secs-1)]++
 	}
 	r.OK = int64(len(lats))
 	for _, n := range byKind {

@@ -1,0 +1,435 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"text/template"
+	"time"
+
+	"github.com/gohandoff/handoff/internal/proc"
+	"github.com/gohandoff/handoff/internal/verify"
+	"github.com/gohandoff/handoff/upgrader"
+)
+
+// How a contender is started and upgraded.
+const (
+	kindBaseline  = "baseline"  // bare net/http, no upgrade
+	kindTableflip = "tableflip" // SIGHUP; ready when the PID file names the new pid
+	kindHandoff   = "handoff"   // control socket, as handoff reload and verify do
+	kindNode      = "node"      // SIGUSR2 to the cluster master; it logs the roll
+	kindNginx     = "nginx"     // nginx -s reload; ready when the new workers run
+)
+
+// contender is one server the benchmark compares. The list is data: a
+// contender whose binary or tool is missing, or lacks a flag it needs, is
+// skipped with a line saying so.
+type contender struct {
+	Name  string `json:"name"`
+	About string `json:"about"`
+	Kind  string `json:"kind"`
+	// Args are added to the command line.
+	Args []string `json:"args,omitempty"`
+	// NeedsFlag is a flag the binary must show in its --help.
+	NeedsFlag string `json:"-"`
+}
+
+var contenders = []contender{
+	{Name: "baseline", Kind: kindBaseline, About: "bare net/http hello, no upgrade support: the ceiling"},
+	{Name: "tableflip", Kind: kindTableflip, About: "cloudflare/tableflip as its README shows: SIGHUP, then <-upg.Exit() and http.Server.Shutdown"},
+	{Name: "handoff", Kind: kindHandoff, About: "examples/hello, goroutine workers (default), upgraded through the control socket"},
+	{Name: "handoff-process", Kind: kindHandoff, Args: []string{"--worker-mode", "process"}, NeedsFlag: "worker-mode",
+		About: "examples/hello --worker-mode process, upgraded through the control socket"},
+	{Name: "node-cluster", Kind: kindNode, About: "Node.js cluster: a worker per CPU, SIGUSR2 replaces them one at a time"},
+	{Name: "nginx", Kind: kindNginx, About: "nginx-light, return 200, a worker per CPU, nginx -s reload"},
+}
+
+// env is where the benchmark finds what it starts.
+type env struct {
+	binDir string // built Go contenders: baseline, tableflip, hello
+	srcDir string // bench/contenders
+	tmp    string
+	log    io.Writer
+}
+
+// available says why c cannot run here, or "" if it can.
+func (e *env) available(c contender) string {
+	switch c.Kind {
+	case kindNode:
+		if _, err := exec.LookPath("node"); err != nil {
+			return "node is not installed"
+		}
+	case kindNginx:
+		if _, err := exec.LookPath("nginx"); err != nil {
+			return "nginx is not installed (Debian: apt-get install nginx-light)"
+		}
+	}
+	if c.NeedsFlag != "" {
+		out, _ := exec.Command(e.bin(c), "--help").CombinedOutput()
+		if !strings.Contains(string(out), "-"+c.NeedsFlag) {
+			return fmt.Sprintf("%s has no --%s flag yet", filepath.Base(e.bin(c)), c.NeedsFlag)
+		}
+	}
+	return ""
+}
+
+func (e *env) bin(c contender) string {
+	switch c.Kind {
+	case kindBaseline:
+		return filepath.Join(e.binDir, "baseline")
+	case kindTableflip:
+		return filepath.Join(e.binDir, "tableflip")
+	case kindHandoff:
+		return filepath.Join(e.binDir, "hello")
+	case kindNode:
+		return "node"
+	case kindNginx:
+		return "nginx"
+	}
+	return ""
+}
+
+// instance is a running contender.
+type instance struct {
+	c       contender
+	addr    string
+	dir     string
+	cmd     *exec.Cmd
+	lines   *lineLog
+	pidfile string
+	waited  chan struct{}
+	trigger verify.Trigger // nil: no upgrades
+	gap     time.Duration  // idle time between two latency upgrades
+}
+
+// start runs c on a free loopback port in a folder of its own, in a
+// process group of its own, and waits until it answers.
+func (e *env) start(ctx context.Context, c contender) (*instance, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp(e.tmp, c.Name+"-")
+	if err != nil {
+		return nil, err
+	}
+	in := &instance{c: c, addr: addr, dir: dir, waited: make(chan struct{})}
+	var args []string
+	switch c.Kind {
+	case kindBaseline:
+		args = []string{"--listen", addr}
+	case kindTableflip:
+		in.pidfile = filepath.Join(dir, "tableflip.pid")
+		args = []string{"--listen", addr, "--pid-file", in.pidfile}
+		in.trigger = in.signalTrigger()
+		in.gap = 50 * time.Millisecond
+	case kindHandoff:
+		in.pidfile = filepath.Join(dir, "run", "hello.pid")
+		args = []string{"--listen", addr, "--pidfile", in.pidfile}
+		in.trigger = verify.ControlTrigger(in.pidfile)
+	case kindNode:
+		args = []string{filepath.Join(e.srcDir, "node-cluster", "cluster.js"), "--listen", addr}
+		in.trigger = in.nodeTrigger()
+	case kindNginx:
+		conf, err := writeNginxConf(filepath.Join(e.srcDir, "nginx", "nginx.conf"), dir, addr)
+		if err != nil {
+			return nil, err
+		}
+		args = []string{"-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log")}
+		in.trigger = in.nginxTrigger(conf)
+	}
+	args = append(args, c.Args...)
+	in.cmd = exec.Command(e.bin(c), args...)
+	in.cmd.Dir = dir
+	in.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	pr, pw := io.Pipe()
+	in.cmd.Stdout, in.cmd.Stderr = pw, pw
+	in.lines = newLineLog(pr)
+	if err := in.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", c.Name, err)
+	}
+	go func() {
+		in.cmd.Wait()
+		pw.Close()
+		close(in.waited)
+	}()
+	if err := in.waitServing(ctx, 30*time.Second); err != nil {
+		in.stop()
+		return nil, fmt.Errorf("%s: %w\n%s", c.Name, err, in.lines.tail(20))
+	}
+	return in, nil
+}
+
+// waitServing polls GET / until it answers 200.
+func (in *instance) waitServing(ctx context.Context, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Second}
+	for {
+		resp, err := client.Get("http://" + in.addr + "/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("not serving on %s after %s: %v", in.addr, limit, err)
+		case <-in.waited:
+			return fmt.Errorf("exited before serving: %v", in.cmd.ProcessState)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// stop kills the contender's whole process group and waits for its main
+// process.
+func (in *instance) stop() {
+	pg := in.cmd.Process.Pid
+	syscall.Kill(-pg, syscall.SIGKILL)
+	for _, pid := range groupPIDs(pg) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	<-in.waited
+	os.RemoveAll(in.dir)
+}
+
+// signalTrigger: SIGHUP to the pid in the PID file; ready when the PID file
+// names another pid; gone when that pid has exited. A signal that arrived
+// while tableflip still saw its parent is logged as "Upgrade failed" and
+// sent again.
+func (in *instance) signalTrigger() verify.Trigger {
+	return func(ctx context.Context) (verify.Upgrade, error) {
+		old, err := readPID(in.pidfile)
+		if err != nil {
+			return verify.Upgrade{}, err
+		}
+		from := in.lines.len()
+		t0 := time.Now()
+		if err := syscall.Kill(old, syscall.SIGHUP); err != nil {
+			return verify.Upgrade{}, fmt.Errorf("signal pid %d: %w", old, err)
+		}
+		u := verify.Upgrade{OldPID: old}
+		tick := time.NewTicker(200 * time.Microsecond)
+		defer tick.Stop()
+		for {
+			if pid, err := readPID(in.pidfile); err == nil && pid != old {
+				u.NewPID, u.Ready = pid, time.Since(t0)
+				break
+			}
+			if i := in.lines.find(from, "Upgrade failed"); i >= 0 {
+				if !strings.Contains(in.lines.line(i), "parent hasn't exited") {
+					return u, fmt.Errorf("pid %d: %s", old, in.lines.line(i))
+				}
+				from = i + 1
+				syscall.Kill(old, syscall.SIGHUP)
+			}
+			select {
+			case <-ctx.Done():
+				return u, fmt.Errorf("pid %d: no new pid in %s after SIGHUP: %w", old, in.pidfile, ctx.Err())
+			case <-tick.C:
+			}
+		}
+		if err := proc.WaitGone(ctx, old); err != nil {
+			return u, fmt.Errorf("old pid %d still running: %w", old, err)
+		}
+		u.Gone = time.Since(t0)
+		return u, nil
+	}
+}
+
+// nodeTrigger: SIGUSR2 to the cluster master; ready when it logs that the
+// last replacement listens, gone when the last old worker has exited.
+func (in *instance) nodeTrigger() verify.Trigger {
+	return func(ctx context.Context) (verify.Upgrade, error) {
+		from := in.lines.len()
+		t0 := time.Now()
+		master := in.cmd.Process.Pid
+		if err := syscall.Kill(master, syscall.SIGUSR2); err != nil {
+			return verify.Upgrade{}, err
+		}
+		u := verify.Upgrade{OldPID: master, NewPID: master}
+		i, err := in.lines.waitFor(ctx, from, "roll ready", "roll failed")
+		if err != nil {
+			return u, err
+		}
+		if line := in.lines.line(i); strings.Contains(line, "roll failed") {
+			return u, errors.New(line)
+		}
+		u.Ready = time.Since(t0)
+		i, err = in.lines.waitFor(ctx, i, "roll done", "roll failed")
+		if err != nil {
+			return u, err
+		}
+		if line := in.lines.line(i); strings.Contains(line, "roll failed") {
+			return u, errors.New(line)
+		}
+		u.Gone = time.Since(t0)
+		return u, nil
+	}
+}
+
+// nginxTrigger: nginx -s reload; ready when the master has as many new
+// workers as it had old ones, gone when every old worker has exited.
+func (in *instance) nginxTrigger(conf string) verify.Trigger {
+	return func(ctx context.Context) (verify.Upgrade, error) {
+		master := in.cmd.Process.Pid
+		old := childrenOf(master)
+		u := verify.Upgrade{OldPID: master, NewPID: master}
+		t0 := time.Now()
+		out, err := exec.CommandContext(ctx, "nginx", "-p", in.dir, "-c", conf, "-e", filepath.Join(in.dir, "error.log"), "-s", "reload").CombinedOutput()
+		if err != nil {
+			return u, fmt.Errorf("nginx -s reload: %w: %s", err, out)
+		}
+		tick := time.NewTicker(200 * time.Microsecond)
+		defer tick.Stop()
+		for {
+			fresh := 0
+			for _, pid := range childrenOf(master) {
+				if !slices.Contains(old, pid) {
+					fresh++
+				}
+			}
+			if fresh >= len(old) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return u, fmt.Errorf("nginx: %d of %d new workers after reload: %w", fresh, len(old), ctx.Err())
+			case <-tick.C:
+			}
+		}
+		u.Ready = time.Since(t0)
+		for _, pid := range old {
+			if err := proc.WaitGone(ctx, pid); err != nil {
+				return u, fmt.Errorf("nginx: old worker %d still running: %w", pid, err)
+			}
+		}
+		u.Gone = time.Since(t0)
+		return u, nil
+	}
+}
+
+func readPID(path string) (int, error) {
+	pids, err := upgrader.ReadPIDFile(path)
+	if err != nil {
+		return 0, err
+	}
+	if len(pids) != 1 {
+		return 0, fmt.Errorf("pid file %s: %d pids", path, len(pids))
+	}
+	return pids[0], nil
+}
+
+// writeNginxConf renders the nginx template for a private prefix.
+func writeNginxConf(tmplPath, prefix, addr string) (string, error) {
+	t, err := template.ParseFiles(tmplPath)
+	if err != nil {
+		return "", fmt.Errorf("nginx template: %w", err)
+	}
+	conf := filepath.Join(prefix, "nginx.conf")
+	f, err := os.Create(conf)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if err := t.Execute(f, map[string]string{"Prefix": prefix, "Listen": addr}); err != nil {
+		return "", fmt.Errorf("nginx template: %w", err)
+	}
+	return conf, f.Close()
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// lineLog keeps a contender's output lines and lets the driver wait for one.
+type lineLog struct {
+	mu    sync.Mutex
+	lines []string
+	cond  chan struct{}
+}
+
+func newLineLog(r io.Reader) *lineLog {
+	l := &lineLog{cond: make(chan struct{})}
+	go func() {
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			l.mu.Lock()
+			l.lines = append(l.lines, sc.Text())
+			close(l.cond)
+			l.cond = make(chan struct{})
+			l.mu.Unlock()
+		}
+		io.Copy(io.Discard, r)
+	}()
+	return l
+}
+
+func (l *lineLog) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.lines)
+}
+
+func (l *lineLog) line(i int) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lines[i]
+}
+
+// find returns the index of the first line from `from` holding any of
+// parts, or -1.
+func (l *lineLog) find(from int, parts ...string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := from; i < len(l.lines); i++ {
+		for _, p := range parts {
+			if strings.Contains(l.lines[i], p) {
+				return i
+			}
+		}
+	}
+	return -1
+}
+
+// waitFor waits for a line from `from` holding any of parts.
+func (l *lineLog) waitFor(ctx context.Context, from int, parts ...string) (int, error) {
+	for {
+		l.mu.Lock()
+		c := l.cond
+		l.mu.Unlock()
+		if i := l.find(from, parts...); i >= 0 {
+			return i, nil
+		}
+		select {
+		case <-c:
+		case <-ctx.Done():
+			return -1, fmt.Errorf("no line with %q: %w", parts, ctx.Err())
+		}
+	}
+}
+
+func (l *lineLog) tail(n int) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines[max(0, len(l.lines)-n):], "\n")
+}

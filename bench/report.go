@@ -1,0 +1,564 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// report is everything one `make bench` measured; it is written as JSON
+// and as markdown with a picture.
+type report struct {
+	Started    time.Time         `json:"started"`
+	Took       time.Duration     `json:"took_ns"`
+	Note       string            `json:"note,omitempty"`
+	Notes      []string          `json:"notes,omitempty"`
+	Machine    machine           `json:"machine"`
+	Config     map[string]any    `json:"config"`
+	Tools      map[string]string `json:"tools"`
+	Scenarios  []scenario        `json:"scenarios"`
+	Contenders []contender       `json:"contenders"`
+	Skipped    []skip            `json:"skipped,omitempty"`
+	Rounds     int               `json:"rounds"`
+	Runs       []runRecord       `json:"runs"`
+	Latency    []latencyRecord   `json:"latency"`
+
+	Summary        []summaryRow `json:"summary"`
+	LatencySummary []latencyRow `json:"latency_summary"`
+	Targets        []targetRow  `json:"targets"`
+}
+
+type skip struct {
+	Name string `json:"name"`
+	Why  string `json:"why"`
+}
+
+type machine struct {
+	Cores     int    `json:"cores"`
+	CPU       string `json:"cpu"`
+	MemoryGiB int    `json:"memory_gib"`
+	Kernel    string `json:"kernel"`
+	Go        string `json:"go"`
+	Tools     string `json:"tool_versions"`
+	LoadStart string `json:"loadavg_start"`
+	LoadEnd   string `json:"loadavg_end"`
+}
+
+func machineFacts() machine {
+	m := machine{Cores: runtime.NumCPU(), Go: runtime.Version(), LoadStart: loadAvg()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		var kb int
+		fmt.Sscanf(string(b), "MemTotal: %d kB", &kb)
+		m.MemoryGiB = (kb + 1<<19) >> 20
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = "Linux " + strings.TrimSpace(string(b))
+	}
+	var tools []string
+	for _, t := range []struct{ name, arg, prefix string }{
+		{"ab", "-V", "This is ApacheBench, Version "},
+		{"wrk", "-v", ""},
+		{"node", "--version", ""},
+		{"nginx", "-v", "nginx version: "},
+	} {
+		if _, err := exec.LookPath(t.name); err != nil {
+			continue
+		}
+		out, _ := exec.Command(t.name, t.arg).CombinedOutput()
+		line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+		line = strings.TrimPrefix(line, t.prefix)
+		if f := strings.Fields(line); t.name == "wrk" && len(f) >= 2 {
+			line = f[1]
+		} else if t.name == "ab" && len(f) >= 1 {
+			line = f[0]
+		}
+		tools = append(tools, t.name+" "+strings.TrimPrefix(line, t.name+" "))
+	}
+	m.Tools = strings.Join(tools, ", ")
+	return m
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	return strings.Join(f[:min(3, len(f))], " ")
+}
+
+func reportConfig(cfg config) map[string]any {
+	return map[string]any{
+		"rounds": cfg.rounds, "requests": cfg.requests, "concurrency": cfg.concurrency,
+		"upgrades": cfg.upgrades, "latency_upgrades": cfg.latencyUpgrades,
+		"keepalive_duration": cfg.keepAliveFor.String(), "tools": cfg.tools,
+	}
+}
+
+func (r runRecord) line() string {
+	if r.Err != "" {
+		return "error: " + r.Err
+	}
+	l := r.Load
+	s := fmt.Sprintf("%s: %d ok, %d failed%s, %.0f req/s, p50 %s, p99 %s, rss %d MiB", l.Tool, l.OK, l.Failed, kindsText(l.ByKind),
+		l.RPS, fmtMs(l.P50), fmtMs(l.P99), r.PeakRSSKB>>10)
+	if n := len(r.Upgrades); n > 0 {
+		bad := 0
+		for _, u := range r.Upgrades {
+			if u.Err != "" {
+				bad++
+			}
+		}
+		s += fmt.Sprintf(", %d upgrades (%d failed)", n, bad)
+	}
+	if l.Note != "" {
+		s += "; " + l.Note
+	}
+	return s
+}
+
+func (lr latencyRecord) line() string {
+	if lr.Err != "" {
+		return "error: " + lr.Err
+	}
+	row := summarizeLatency(lr)
+	return fmt.Sprintf("ready p50 %s p99 %s max %s; old gone p50 %s p99 %s max %s; %d failed",
+		fmtMs(row.ReadyP50), fmtMs(row.ReadyP99), fmtMs(row.ReadyMax), fmtMs(row.GoneP50), fmtMs(row.GoneP99), fmtMs(row.GoneMax), row.Failed)
+}
+
+func kindsText(byKind map[string]int64) string {
+	if len(byKind) == 0 {
+		return ""
+	}
+	var ks []string
+	for _, k := range slices.Sorted(maps.Keys(byKind)) {
+		ks = append(ks, fmt.Sprintf("%s %d", k, byKind[k]))
+	}
+	return " (" + strings.Join(ks, ", ") + ")"
+}
+
+func fmtMs(d time.Duration) string {
+	ms := float64(d) / float64(time.Millisecond)
+	switch {
+	case ms >= 100:
+		return fmt.Sprintf("%.0f ms", ms)
+	case ms >= 10:
+		return fmt.Sprintf("%.1f ms", ms)
+	}
+	return fmt.Sprintf("%.2f ms", ms)
+}
+
+// summaryRow is one contender and scenario over every round.
+type summaryRow struct {
+	Contender string           `json:"contender"`
+	Scenario  string           `json:"scenario"`
+	Tool      string           `json:"tool"`
+	Runs      int              `json:"runs"`
+	Errors    int              `json:"runs_with_errors"`
+	OK        float64          `json:"completed_median"`
+	Failed    int64            `json:"failed_total"`
+	PerRun    []int64          `json:"failed_per_run"`
+	ByKind    map[string]int64 `json:"failed_by_kind,omitempty"`
+	RPS       float64          `json:"rps_median"`
+	RPSMin    float64          `json:"rps_min"`
+	RPSMax    float64          `json:"rps_max"`
+	P50       time.Duration    `json:"p50_median_ns"`
+	P99       time.Duration    `json:"p99_median_ns"`
+	// VsBaseline is the median over rounds of this rate over the
+	// baseline's steady rate with the same connections in the same round.
+	VsBaseline float64 `json:"vs_baseline"`
+	// VsSteady, for loads with upgrades: over the contender's own steady
+	// rate in the same round.
+	VsSteady  float64 `json:"vs_own_steady,omitempty"`
+	PeakRSSKB int64   `json:"peak_rss_kb"`
+	Upgrades  int     `json:"upgrades"`
+	UpFailed  int     `json:"upgrades_failed"`
+}
+
+type latencyRow struct {
+	Contender string        `json:"contender"`
+	Trigger   string        `json:"trigger"`
+	N         int           `json:"upgrades"`
+	Failed    int           `json:"failed"`
+	ReadyP50  time.Duration `json:"ready_p50_ns"`
+	ReadyP99  time.Duration `json:"ready_p99_ns"`
+	ReadyMax  time.Duration `json:"ready_max_ns"`
+	GoneP50   time.Duration `json:"gone_p50_ns"`
+	GoneP99   time.Duration `json:"gone_p99_ns"`
+	GoneMax   time.Duration `json:"gone_max_ns"`
+	PeakRSSKB int64         `json:"peak_rss_kb"`
+	Err       string        `json:"error,omitempty"`
+}
+
+type targetRow struct {
+	Contender string `json:"contender"`
+	Target    string `json:"target"`
+	Measured  string `json:"measured"`
+	Met       bool   `json:"met"`
+}
+
+func (rep *report) find(contender, scenario string, round int) (runRecord, bool) {
+	for _, r := range rep.Runs {
+		if r.Contender == contender && r.Scenario == scenario && r.Round == round && r.Err == "" {
+			return r, true
+		}
+	}
+	return runRecord{}, false
+}
+
+func (rep *report) scenario(name string) scenario {
+	for _, sc := range rep.Scenarios {
+		if sc.Name == name {
+			return sc
+		}
+	}
+	return scenario{}
+}
+
+// summarize computes the summary rows, the latency rows and the targets.
+func (rep *report) summarize() {
+	rep.Summary, rep.LatencySummary, rep.Targets = nil, nil, nil
+	for _, c := range rep.Contenders {
+		for _, sc := range rep.Scenarios {
+			row := summaryRow{Contender: c.Name, Scenario: sc.Name, ByKind: map[string]int64{}}
+			var oks, rps, vsBase, vsSteady []float64
+			var p50s, p99s []time.Duration
+			for _, r := range rep.Runs {
+				if r.Contender != c.Name || r.Scenario != sc.Name {
+					continue
+				}
+				row.Runs++
+				if r.Err != "" {
+					row.Errors++
+					continue
+				}
+				l := r.Load
+				row.Tool = l.Tool
+				oks, rps = append(oks, float64(l.OK)), append(rps, l.RPS)
+				p50s, p99s = append(p50s, l.P50), append(p99s, l.P99)
+				row.Failed += l.Failed
+				row.PerRun = append(row.PerRun, l.Failed)
+				for k, v := range l.ByKind {
+					row.ByKind[k] += v
+				}
+				row.PeakRSSKB = max(row.PeakRSSKB, r.PeakRSSKB)
+				for _, u := range r.Upgrades {
+					row.Upgrades++
+					if u.Err != "" {
+						row.UpFailed++
+					}
+				}
+				steadyName := sc.Name
+				if sc.Steady != "" {
+					steadyName = sc.Steady
+				}
+				if b, ok := rep.find("baseline", steadyName, r.Round); ok && b.Load.RPS > 0 {
+					vsBase = append(vsBase, l.RPS/b.Load.RPS)
+				}
+				if sc.Steady != "" {
+					if s, ok := rep.find(c.Name, sc.Steady, r.Round); ok && s.Load.RPS > 0 {
+						vsSteady = append(vsSteady, l.RPS/s.Load.RPS)
+					}
+				}
+			}
+			if row.Runs == 0 {
+				continue
+			}
+			if len(row.ByKind) == 0 {
+				row.ByKind = nil
+			}
+			row.OK, row.RPS = median(oks), median(rps)
+			row.RPSMin, row.RPSMax = spread(rps)
+			row.P50, row.P99 = medianDur(p50s), medianDur(p99s)
+			row.VsBaseline, row.VsSteady = median(vsBase), median(vsSteady)
+			rep.Summary = append(rep.Summary, row)
+		}
+	}
+	for _, lr := range rep.Latency {
+		rep.LatencySummary = append(rep.LatencySummary, summarizeLatency(lr))
+	}
+	rep.Targets = rep.targets()
+}
+
+func summarizeLatency(lr latencyRecord) latencyRow {
+	row := latencyRow{Contender: lr.Contender, Trigger: lr.Trigger, N: len(lr.Upgrades), PeakRSSKB: lr.PeakRSSKB, Err: lr.Err}
+	var ready, gone []time.Duration
+	for _, u := range lr.Upgrades {
+		if u.Err != "" {
+			row.Failed++
+			continue
+		}
+		ready, gone = append(ready, u.Ready), append(gone, u.Gone)
+	}
+	row.ReadyP50, row.ReadyP99, row.ReadyMax = durQuantiles(ready)
+	row.GoneP50, row.GoneP99, row.GoneMax = durQuantiles(gone)
+	return row
+}
+
+func (rep *report) row(contender, scenario string) (summaryRow, bool) {
+	for _, r := range rep.Summary {
+		if r.Contender == contender && r.Scenario == scenario {
+			return r, true
+		}
+	}
+	return summaryRow{}, false
+}
+
+func (rep *report) latencyRow(contender string) (latencyRow, bool) {
+	for _, r := range rep.LatencySummary {
+		if r.Contender == contender && r.Err == "" && r.N > r.Failed {
+			return r, true
+		}
+	}
+	return latencyRow{}, false
+}
+
+// targets checks the handoff contenders against the product's targets.
+func (rep *report) targets() []targetRow {
+	var out []targetRow
+	for _, c := range rep.Contenders {
+		if c.Kind != kindHandoff {
+			continue
+		}
+		add := func(target, measured string, met bool) {
+			out = append(out, targetRow{Contender: c.Name, Target: target, Measured: measured, Met: met})
+		}
+		var failed int64
+		var runs, upFailed int
+		var kinds []string
+		for _, r := range rep.Summary {
+			if r.Contender == c.Name {
+				failed += r.Failed
+				runs += r.Runs - r.Errors
+				upFailed += r.UpFailed
+				if r.Failed > 0 {
+					kinds = append(kinds, fmt.Sprintf("%s: %d%s", r.Scenario, r.Failed, kindsText(r.ByKind)))
+				}
+			}
+		}
+		m := fmt.Sprintf("%d failed requests in %d runs", failed, runs)
+		if len(kinds) > 0 {
+			m += " (" + strings.Join(kinds, "; ") + ")"
+		}
+		if upFailed > 0 {
+			m += fmt.Sprintf(", %d failed upgrades", upFailed)
+		}
+		add("zero failed requests in every scenario, keep-alive included", m, failed == 0 && upFailed == 0 && runs > 0)
+		if len(c.Args) == 0 { // goroutine mode
+			for _, s := range []string{"steady", "steady-ka"} {
+				if r, ok := rep.row(c.Name, s); ok && r.VsBaseline > 0 {
+					add(fmt.Sprintf("%s: requests/s ≥ 0.97 × baseline", s), fmt.Sprintf("%.3f × baseline (%.0f req/s)", r.VsBaseline, r.RPS), r.VsBaseline >= 0.97)
+				}
+			}
+		}
+		for _, s := range []string{"upgrades", "upgrades-ka"} {
+			if r, ok := rep.row(c.Name, s); ok && r.VsSteady > 0 {
+				add(fmt.Sprintf("%s: requests/s ≥ 0.9 × own steady state", s), fmt.Sprintf("%.3f × own steady (%.0f req/s)", r.VsSteady, r.RPS), r.VsSteady >= 0.9)
+			}
+		}
+		if h, ok := rep.latencyRow(c.Name); ok {
+			if t, ok := rep.latencyRow("tableflip"); ok && t.ReadyP50 > 0 {
+				ratio := float64(h.ReadyP50) / float64(t.ReadyP50)
+				add("upgrade latency p50 ≤ 1.2 × tableflip reference", fmt.Sprintf("%s vs %s = %.2f ×", fmtMs(h.ReadyP50), fmtMs(t.ReadyP50), ratio), ratio <= 1.2)
+			}
+		}
+	}
+	return out
+}
+
+// write writes DATE.json, DATE.md and DATE.svg into dir, and copies them to
+// latest.*, the files the README shows.
+func (rep *report) write(dir string) ([]string, error) {
+	rep.summarize()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	stamp := rep.Started.UTC().Format("2006-01-02-1504")
+	js, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	svg := rep.picture()
+	md := rep.markdown(stamp + ".svg")
+	var paths []string
+	for _, f := range []struct {
+		ext string
+		b   []byte
+	}{{".json", js}, {".svg", svg}, {".md", md}} {
+		p := filepath.Join(dir, stamp+f.ext)
+		if err := os.WriteFile(p, f.b, 0o644); err != nil {
+			return paths, err
+		}
+		paths = append(paths, p)
+		latest := f.b
+		if f.ext == ".md" {
+			latest = bytes.ReplaceAll(f.b, []byte("("+stamp+".svg)"), []byte("(latest.svg)"))
+		}
+		if err := os.WriteFile(filepath.Join(dir, "latest"+f.ext), latest, 0o644); err != nil {
+			return paths, err
+		}
+	}
+	return paths, nil
+}
+
+var scenarioShort = map[string]string{
+	"steady":      "steady, new conn",
+	"upgrades":    "upgrades, new conn (seed's test)",
+	"steady-ka":   "steady, keep-alive",
+	"upgrades-ka": "upgrades, keep-alive",
+}
+
+func (rep *report) markdown(svgName string) []byte {
+	var b bytes.Buffer
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	m := rep.Machine
+	p("# handoff benchmark, %s\n\n", rep.Started.UTC().Format("2006-01-02 15:04 UTC"))
+	p("Machine: %d cores (%s), %d GiB, %s, %s; %s. Load average %s at the start, %s at the end. Took %s.\n\n",
+		m.Cores, m.CPU, m.MemoryGiB, m.Kernel, m.Go, m.Tools, m.LoadStart, m.LoadEnd, rep.Took.Round(time.Second))
+	if rep.Note != "" {
+		p("**Note:** %s\n\n", rep.Note)
+	}
+	p("Method: %d round(s); each round starts every contender afresh, in an order rotated by one each round, and runs the loads below on it; figures are medians over the rounds, the spread is the lowest–highest requests/s. Ratios compare with the baseline's steady state (same connections) in the same round. Every failure counts: connect, read (connection closed or reset before a whole answer), write, timeout, non-2xx.\n\n", rep.Rounds)
+	p("Loads: %d clients. A connection per request: %s. Keep-alive: %s.\n\n", rep.Config["concurrency"], toolText(rep, false), toolText(rep, true))
+	for _, s := range rep.Skipped {
+		p("- skipped **%s**: %s\n", s.Name, s.Why)
+	}
+	for _, n := range rep.Notes {
+		p("- %s\n", n)
+	}
+	if len(rep.Skipped)+len(rep.Notes) > 0 {
+		p("\n")
+	}
+
+	if len(rep.Targets) > 0 {
+		p("## Targets\n\n| contender | target | measured | |\n|---|---|---|---|\n")
+		for _, t := range rep.Targets {
+			verdict := "met"
+			if !t.Met {
+				verdict = "**missed**"
+			}
+			p("| %s | %s | %s | %s |\n", t.Contender, t.Target, t.Measured, verdict)
+		}
+		p("\n")
+	}
+
+	p("## Under load\n\n| contender | load | completed | failed (by kind) | req/s (spread) | × baseline | × own steady | p50 | p99 | peak RSS |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range rep.Summary {
+		failed := fmt.Sprintf("%d%s", r.Failed, kindsText(r.ByKind))
+		if r.Runs > 1 && r.Failed > 0 {
+			failed += fmt.Sprintf(" [per run %v]", r.PerRun)
+		}
+		if r.UpFailed > 0 {
+			failed += fmt.Sprintf("; %d of %d upgrades failed", r.UpFailed, r.Upgrades)
+		}
+		if r.Errors > 0 {
+			failed += fmt.Sprintf("; %d runs did not run", r.Errors)
+		}
+		vsSteady := ""
+		if r.VsSteady > 0 {
+			vsSteady = fmt.Sprintf("%.2f", r.VsSteady)
+		}
+		p("| %s | %s | %.0f | %s | %.0f (%.0f–%.0f) | %.2f | %s | %s | %s | %d MiB |\n",
+			r.Contender, scenarioShort[r.Scenario], r.OK, failed, r.RPS, r.RPSMin, r.RPSMax, r.VsBaseline, vsSteady, fmtMs(r.P50), fmtMs(r.P99), r.PeakRSSKB>>10)
+	}
+	p("\n")
+
+	if len(rep.LatencySummary) > 0 {
+		n := rep.Config["latency_upgrades"]
+		p("## Upgrade latency (%v upgrades, no load)\n\nFrom the trigger to the new generation ready, and to the old one gone.\n\n", n)
+		p("| contender | trigger | ready p50 | p99 | max | old gone p50 | p99 | max | failed | peak RSS |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, r := range rep.LatencySummary {
+			if r.Err != "" {
+				p("| %s | | error: %s | | | | | | | |\n", r.Contender, r.Err)
+				continue
+			}
+			p("| %s | %s | %s | %s | %s | %s | %s | %s | %d | %d MiB |\n", r.Contender, r.Trigger,
+				fmtMs(r.ReadyP50), fmtMs(r.ReadyP99), fmtMs(r.ReadyMax), fmtMs(r.GoneP50), fmtMs(r.GoneP99), fmtMs(r.GoneMax), r.Failed, r.PeakRSSKB>>10)
+		}
+		p("\n")
+	}
+	p("## Through the upgrades\n\n![requests/s and p99 latency per second through the upgrades](%s)\n\n", svgName)
+	p("Requests/s and p99 latency per second in the seed's test (a connection per request, %v upgrades; the baseline's line is its steady state), from the round with each contender's median rate. Triangles mark the upgrades.\n\n", rep.Config["upgrades"])
+	if errs := rep.upgradeErrors(); len(errs) > 0 {
+		p("## Failed upgrades\n\n")
+		for _, e := range errs {
+			p("- %s\n", e)
+		}
+		p("\n")
+	}
+	p("Raw figures, every run and every upgrade: the .json file beside this one.\n")
+	return b.Bytes()
+}
+
+func toolText(rep *report, keepAlive bool) string {
+	for _, r := range rep.Runs {
+		if r.Err == "" && rep.scenario(r.Scenario).KeepAlive == keepAlive {
+			return "`" + r.Load.Command + "`"
+		}
+	}
+	if keepAlive {
+		return rep.Tools["keep-alive"]
+	}
+	return rep.Tools["connection per request"]
+}
+
+func (rep *report) upgradeErrors() []string {
+	var out []string
+	for _, r := range rep.Runs {
+		for i, u := range r.Upgrades {
+			if u.Err != "" {
+				out = append(out, fmt.Sprintf("%s, %s, round %d, upgrade %d: %s", r.Contender, r.Scenario, r.Round, i+1, u.Err))
+			}
+		}
+	}
+	for _, lr := range rep.Latency {
+		for i, u := range lr.Upgrades {
+			if u.Err != "" {
+				out = append(out, fmt.Sprintf("%s, latency, upgrade %d: %s", lr.Contender, i+1, u.Err))
+			}
+		}
+	}
+	return out
+}
+
+// medianRun picks, for the picture, the run of contender in scenario whose
+// rate is the median one.
+func (rep *report) medianRun(contender, scenario string) (runRecord, bool) {
+	var runs []runRecord
+	for _, r := range rep.Runs {
+		if r.Contender == contender && r.Scenario == scenario && r.Err == "" && len(r.Load.Timeline) > 0 {
+			runs = append(runs, r)
+		}
+	}
+	if len(runs) == 0 {
+		return runRecord{}, false
+	}
+	slices.SortFunc(runs, func(a, b runRecord) int { return cmpFloat(a.Load.RPS, b.Load.RPS) })
+	return runs[(len(runs)-1)/2], true
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
