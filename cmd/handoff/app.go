@@ -91,7 +91,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Flags:     []cli.Flag{pidfileFlag(), timeoutFlag()},
 				Action:    stop,
 			},
-			verifyCommand,
+			verifyCommand(),
 		},
 	}
 	for _, c := range app.Commands {

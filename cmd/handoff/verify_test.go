@@ -7,7 +7,6 @@ import (
 )
 
 func TestVerifyBadFlags(t *testing.T) {
-	t.Parallel()
 	tests := []struct {
 		name string
 		args []string
@@ -26,7 +25,6 @@ func TestVerifyBadFlags(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
 			var stdout, stderr bytes.Buffer
 			code := run(t.Context(), append([]string{"handoff", "verify"}, tt.args...), &stdout, &stderr)
 			if code != 2 {
@@ -41,7 +39,6 @@ func TestVerifyBadFlags(t *testing.T) {
 }
 
 func TestVerifyTarget(t *testing.T) {
-	t.Parallel()
 	tests := []struct{ url, addr, path string }{
 		{"http://127.0.0.1:8080/", "127.0.0.1:8080", "/"},
 		{"http://127.0.0.1:8080", "127.0.0.1:8080", "/"},
