@@ -1,6 +1,8 @@
 # handoff — zero-downtime reloads for network servers.
 #   make run      build a first release and serve it on 127.0.0.1:8080 (foreground)
 #   make deploy   build a new release, swap the `current` link, reload; roll back on failure
+#   make rollback point `current` at the release before the serving one, reload
+#   make releases list the releases, the serving one marked
 #   make test     vet + race tests, integration tests included (what CI runs)
 #   make bench    handoff beside tableflip, Node.js cluster and nginx; report in bench/results/
 
@@ -13,12 +15,12 @@ DEPLOYDIR ?= deploy
 KEEP      ?= 5
 export DEPLOYDIR PIDFILE KEEP
 
-.PHONY: all build run deploy rollback releases test test-short lint bench soak clean
+.PHONY: all build run deploy deploy-check rollback releases test test-short lint bench soak clean
 
 all: build
 
 build:
-	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/handoff ./examples/hello
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/ ./cmd/handoff ./examples/hello
 
 # The main job: the example server from the `current` release, in the foreground.
 run: build
@@ -27,10 +29,14 @@ run: build
 
 # A new release while `make run` serves: VERSION defaults to a fresh stamp.
 deploy: VERSION := $(if $(filter command line environment,$(origin VERSION)),$(VERSION),$(shell git describe --tags --always --dirty 2>/dev/null || echo dev)-$(shell date -u +%Y%m%d%H%M%S%N | cut -c1-17))
-deploy: build
+deploy: deploy-check build
 	@scripts/release.sh deploy "$(VERSION)"
 
-rollback: build
+deploy-check:
+	@scripts/release.sh check "$(VERSION)"
+
+# No build: a rollback must work when the tree does not build.
+rollback:
 	@scripts/release.sh rollback
 
 releases:

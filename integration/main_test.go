@@ -190,12 +190,22 @@ func freeAddr(t *testing.T) string {
 // startHello installs bin as dir/hello, starts it and waits until ready.
 func startHello(t *testing.T, bin string, args ...string) *service {
 	t.Helper()
+	return startHelloWith(t, bin, nil, args...)
+}
+
+// startHelloWith is startHello with adjust, if not nil, called on the
+// command before it starts: to set its environment, pass files, wrap it.
+func startHelloWith(t *testing.T, bin string, adjust func(*service, *exec.Cmd), args ...string) *service {
+	t.Helper()
 	dir := t.TempDir()
 	s := &service{t: t, dir: dir, exe: filepath.Join(dir, "hello"), pidfile: filepath.Join(dir, "run", "hello.pid"), addr: freeAddr(t)}
 	install(t, bin, s.exe)
 	args = append([]string{"--listen", s.addr, "--pidfile", s.pidfile}, args...)
 	s.cmd = exec.Command(s.exe, args...)
 	s.cmd.Dir = dir
+	if adjust != nil {
+		adjust(s, s.cmd)
+	}
 	pr, pw := io.Pipe()
 	s.cmd.Stdout, s.cmd.Stderr = pw, pw
 	s.log = newLogWatch(pr)

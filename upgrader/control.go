@@ -98,7 +98,9 @@ func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 		ctx, cancel := context.WithTimeout(context.Background(), u.opts.DrainTimeout+u.opts.UpgradeTimeout)
 		defer cancel()
 		res, err := u.upgrade(ctx, func(step, msg string) { w.Progress(step, msg) })
-		w.Final(control.Message{Upgrade: &res}, err)
+		if w.Final(control.Message{Upgrade: &res}, err) == nil && err == nil {
+			u.streamDrain(conn, w)
+		}
 	case control.CmdStop:
 		u.log.Info("stop requested", "via", "control socket")
 		u.Stop()

@@ -64,6 +64,7 @@ func (s *HTTPServer) setup(w *Worker) {
 		// Decided once: serving sets TLSConfig for HTTP/2 as it starts.
 		s.tls = s.Server.TLSConfig != nil
 		s.conns = make(map[net.Conn]connInfo)
+		w.pool.countConns(s.openConns)
 		h := s.Server.Handler
 		if h == nil {
 			h = http.DefaultServeMux
@@ -84,6 +85,13 @@ func (s *HTTPServer) setup(w *Worker) {
 			}
 		}
 	})
+}
+
+// openConns counts the connections open, for the drain's progress.
+func (s *HTTPServer) openConns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
 }
 
 func (s *HTTPServer) track(c net.Conn, st http.ConnState) {
@@ -141,6 +149,7 @@ func (s *HTTPServer) drain(ctx context.Context, w *Worker) error {
 		select {
 		case <-ctx.Done():
 			cut := s.closeAll()
+			w.pool.addCut(cut)
 			w.Logger.Warn("drain timeout: connections cut", "cut", cut, "duration", time.Since(start).Round(time.Millisecond))
 			s.Server.Close()
 			return nil
@@ -151,6 +160,7 @@ func (s *HTTPServer) drain(ctx context.Context, w *Worker) error {
 	// waits for their streams.
 	if err := s.Server.Shutdown(ctx); err != nil {
 		cut := s.closeAll()
+		w.pool.addCut(cut)
 		s.Server.Close()
 		w.Logger.Warn("drain timeout: connections cut", "cut", cut, "duration", time.Since(start).Round(time.Millisecond))
 	}

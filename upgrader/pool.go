@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gohandoff/handoff/internal/control"
@@ -78,9 +79,11 @@ type pool struct {
 	cancel   context.CancelFunc
 	drainOne sync.Once
 
-	mu     sync.Mutex
-	slots  []slot
-	nready int
+	mu           sync.Mutex
+	slots        []slot
+	nready       int
+	connCounters []func() int // progress.go
+	cut          atomic.Int64 // connections cut at the drain timeout
 }
 
 func newPool(n int, fn WorkerFunc, lns []net.Listener, pcs []net.PacketConn, log *slog.Logger) *pool {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sync"
 	"time"
 
 	"github.com/oklog/run"
@@ -15,8 +16,10 @@ import (
 // over the listeners, reports ready once every worker is ready, then
 // upgrades on SIGHUP or a control request, and stops gracefully on SIGTERM,
 // SIGINT, a control request or ctx's end. A second SIGTERM or SIGINT cuts
-// the drain short. Serve returns once this generation has drained: after a
-// successful upgrade, or a stop. The caller then exits.
+// the drain short (a generation draining after an upgrade takes its first
+// one as the stop it is already doing). Serve returns once this generation
+// has drained: after a successful upgrade, or a stop. The caller then
+// exits.
 //
 // Create every listener with Listen or ListenPacket before calling Serve.
 func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
@@ -27,6 +30,7 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 	}
 	p := newPool(u.opts.Workers, fn, u.lns, u.pcs, u.log)
 	u.pool = p
+	admin := u.startAdminLocked()
 	u.mu.Unlock()
 	p.start()
 
@@ -36,7 +40,7 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 		g.Add(func() error {
 			<-u.tf.Exit()
 			u.closeControl()
-			return u.drain(p)
+			return u.drain(p, admin)
 		}, func(error) {
 			u.Stop()
 		})
@@ -44,9 +48,10 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 	// Ready once every worker is.
 	{
 		done := make(chan struct{})
+		ready := allReady(append([]*pool{p}, admin...), done)
 		g.Add(func() error {
 			select {
-			case <-p.readyC:
+			case <-ready:
 				if err := u.markReady(); err != nil {
 					return err
 				}
@@ -127,8 +132,15 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 		}()
 		return
 	}
+	n := u.stopSignals.Add(1)
 	select {
 	case <-u.tf.Exit():
+		if n == 1 && u.phase.Load() == "draining" {
+			// systemd's KillMode=control-group and a terminal's Ctrl-C
+			// signal every generation at once.
+			u.log.Info("stop signal while draining after an upgrade: the drain goes on, a second signal cuts it short", "signal", sig.String())
+			return
+		}
 		u.log.Warn("second stop signal, cutting the drain short", "signal", sig.String())
 		u.forceOnce.Do(func() { close(u.force) })
 	default:
@@ -137,13 +149,26 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 	}
 }
 
-// drain runs after this generation stopped accepting work for good.
-func (u *Upgrader) drain(p *pool) error {
-	if u.phase.Load() != "draining" {
+// drain runs after this generation stopped accepting work for good: after
+// an upgrade, or on a final stop.
+func (u *Upgrader) drain(p *pool, admin []*pool) error {
+	u.phaseMu.Lock() // an upgrade that just succeeded has said so
+	final := u.phase.Load() != "draining"
+	if final {
 		u.phase.Store("stopping")
 	}
+	u.phaseMu.Unlock()
 	start := time.Now()
-	u.log.Info("draining", "timeout", u.opts.DrainTimeout)
+	ds := u.drainSt
+	ds.mu.Lock()
+	ds.start = start
+	ds.mu.Unlock()
+	close(ds.started)
+	pr := p.progress()
+	u.log.Info("draining", "timeout", u.opts.DrainTimeout, "left", pr.Left, "unit", pr.Unit)
+	if final {
+		u.sdStopping(u.opts.DrainTimeout)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), u.opts.DrainTimeout)
 	defer cancel()
 	go func() {
@@ -153,9 +178,29 @@ func (u *Upgrader) drain(p *pool) error {
 		case <-ctx.Done():
 		}
 	}()
+	reported := make(chan struct{})
+	go u.reportDrain(p, start.Add(u.opts.DrainTimeout), reported)
+	var wg sync.WaitGroup
+	for _, a := range admin {
+		wg.Go(func() {
+			if err := a.drain(ctx); err != nil {
+				u.log.Warn("admin server drain", "err", err)
+			}
+		})
+	}
 	err := p.drain(ctx)
-	u.log.Info("drained", "duration", time.Since(start).Round(time.Millisecond))
-	if u.phase.Load() == "stopping" && u.opts.PIDFile != "" {
+	wg.Wait()
+	close(reported)
+	took, cut := time.Since(start), p.cut.Load()
+	ds.mu.Lock()
+	ds.took, ds.cut = took, cut
+	ds.mu.Unlock()
+	if !final {
+		u.leaveDrainRecord(took, cut)
+	}
+	u.log.Info("drained", "duration", took.Round(time.Millisecond), "cut", cut)
+	close(ds.done)
+	if final && u.opts.PIDFile != "" {
 		u.removePIDFile()
 	}
 	if err != nil {

@@ -20,6 +20,12 @@ type genState struct {
 	PID        int       `json:"pid"`
 	Version    string    `json:"version,omitempty"`
 	FirstStart time.Time `json:"first_start"`
+	// UpgradeStart is when the generation that wrote it started the
+	// upgrade; Stats are the service's counters so far (metrics.go).
+	UpgradeStart time.Time `json:"upgrade_start,omitzero"`
+	Stats        *stats    `json:"stats,omitempty"`
+	// Drain is left by an old generation after its drain.
+	Drain *drainRecord `json:"drain,omitempty"`
 }
 
 // stateFile is shared by every generation of a service. Only one of them

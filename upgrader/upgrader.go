@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/cloudflare/tableflip"
 	"github.com/gohandoff/handoff/internal/control"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Defaults for the zero Options.
@@ -64,6 +66,10 @@ type Options struct {
 	Logger *slog.Logger
 	// ListenConfig is used for sockets not inherited from a parent.
 	ListenConfig *net.ListenConfig
+	// Metrics, if set, gets the upgrader's metrics registered: the
+	// handoff_* series of metrics.go. Serve them with ServeAdmin and
+	// promhttp.HandlerFor. Nil means no metrics.
+	Metrics prometheus.Registerer
 }
 
 // Upgrader runs one generation of a service: it owns the listeners, which
@@ -75,13 +81,20 @@ type Upgrader struct {
 	opts    Options
 	log     *slog.Logger
 	tf      *tableflip.Upgrader
+	sd      *systemd
 	state   *stateFile
 	gen     int
 	first   time.Time
 	started time.Time
 	ppid    int
+	// upgradeStart is when the parent started the upgrade that started
+	// this generation.
+	upgradeStart time.Time
+	drainSt      *drainState
+	stopSignals  atomic.Int32
 
 	upgrading atomic.Bool
+	phaseMu   sync.Mutex   // held while an upgrade's outcome sets the phase
 	phase     atomic.Value // string
 	ready     chan struct{}
 	parent    chan struct{} // closed when the previous generation has exited
@@ -94,6 +107,9 @@ type Upgrader struct {
 	addrs     []string
 	ctlLn     net.Listener
 	pool      *pool
+	admin     []adminServer
+	claimed   []string // network and address of every socket asked for
+	stats     stats
 	lastError string
 }
 
@@ -121,7 +137,7 @@ func New(opts Options) (*Upgrader, error) {
 		if err := checkPIDDir(opts.PIDFile); err != nil {
 			return nil, err
 		}
-		if err := checkNotRunning(opts.PIDFile, opts.Logger); err != nil {
+		if err := checkNotRunning(opts.PIDFile, opts.Logger.With("pid", os.Getpid(), "generation", 1)); err != nil {
 			return nil, err
 		}
 	}
@@ -142,6 +158,7 @@ func New(opts Options) (*Upgrader, error) {
 		ready:   make(chan struct{}),
 		parent:  make(chan struct{}),
 		force:   make(chan struct{}),
+		drainSt: newDrainState(),
 	}
 	u.phase.Store("starting")
 	if err := u.loadState(); err != nil {
@@ -149,6 +166,10 @@ func New(opts Options) (*Upgrader, error) {
 		return nil, err
 	}
 	u.log = opts.Logger.With("pid", os.Getpid(), "generation", u.gen)
+	if u.sd, err = newSystemd(tf, hasParent); err != nil {
+		tf.Stop()
+		return nil, err
+	}
 	if u.ppid != 0 {
 		u.log.Info("new generation starting", "parent_pid", u.ppid, "version", opts.Version)
 		go u.watchParent()
@@ -160,6 +181,13 @@ func New(opts Options) (*Upgrader, error) {
 		if err := u.listenControl(); err != nil {
 			tf.Stop()
 			return nil, err
+		}
+	}
+	if opts.Metrics != nil {
+		if err := opts.Metrics.Register(collector{u}); err != nil {
+			u.closeControl()
+			tf.Stop()
+			return nil, fmt.Errorf("upgrader: register metrics: %w", err)
 		}
 	}
 	return u, nil
@@ -188,6 +216,10 @@ func (u *Upgrader) loadState() error {
 		return err
 	}
 	u.gen, u.first, u.ppid = st.Generation+1, st.FirstStart, st.PID
+	u.upgradeStart = st.UpgradeStart
+	if st.Stats != nil {
+		u.stats = *st.Stats
+	}
 	return nil
 }
 
@@ -218,12 +250,33 @@ func (u *Upgrader) Generation() int { return u.gen }
 // HasParent reports whether this generation was started by an upgrade.
 func (u *Upgrader) HasParent() bool { return u.tf.HasParent() }
 
+// Logger returns the logger of this generation: the Options' logger with
+// pid and generation. Use it for the application's own lines, e.g. with
+// slog.SetDefault, so that every line says which generation wrote it.
+func (u *Upgrader) Logger() *slog.Logger { return u.log }
+
+// listen returns the socket for network and addr: passed by systemd,
+// inherited from the previous generation, or created.
+func (u *Upgrader) listen(network, addr string) (net.Listener, error) {
+	if err := u.claim(network, addr); err != nil {
+		return nil, err
+	}
+	ln, err := u.activatedListener(network, addr)
+	if err == nil && ln == nil {
+		ln, err = u.tf.Listen(network, addr)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("upgrader: listen on %s %s: %w", network, addr, err)
+	}
+	return ln, nil
+}
+
 // Listen returns a listener inherited from the previous generation, or
 // creates it. Call it before Serve, for every listener the service needs.
 func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
-	ln, err := u.tf.Listen(network, addr)
+	ln, err := u.listen(network, addr)
 	if err != nil {
-		return nil, fmt.Errorf("upgrader: listen on %s %s: %w", network, addr, err)
+		return nil, err
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -235,7 +288,13 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 // ListenPacket returns a packet conn inherited from the previous
 // generation, or creates it. Call it before Serve.
 func (u *Upgrader) ListenPacket(network, addr string) (net.PacketConn, error) {
-	pc, err := u.tf.ListenPacket(network, addr)
+	if err := u.claim(network, addr); err != nil {
+		return nil, err
+	}
+	pc, err := u.activatedPacketConn(network, addr)
+	if err == nil && pc == nil {
+		pc, err = u.tf.ListenPacket(network, addr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("upgrader: listen on %s %s: %w", network, addr, err)
 	}
@@ -244,6 +303,20 @@ func (u *Upgrader) ListenPacket(network, addr string) (net.PacketConn, error) {
 	u.pcs = append(u.pcs, pc)
 	u.addrs = append(u.addrs, network+"://"+pc.LocalAddr().String())
 	return pc, nil
+}
+
+// claim refuses a second socket for the same network and address: the
+// next generation finds each socket by the address it was asked with, so
+// two sockets on "127.0.0.1:0" would be mixed up there.
+func (u *Upgrader) claim(network, addr string) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	key := network + " " + addr
+	if slices.Contains(u.claimed, key) {
+		return fmt.Errorf("upgrader: listen on %s %s: a socket was already asked for with this address; the next generation finds sockets by the address they were asked with, so give each a distinct one", network, addr)
+	}
+	u.claimed = append(u.claimed, key)
+	return nil
 }
 
 // Ready returns a channel closed once this generation is ready: every
@@ -262,21 +335,36 @@ func (u *Upgrader) markReady() error {
 			return err
 		}
 	}
-	err := u.state.write(genState{Generation: u.gen, PID: os.Getpid(), Version: u.opts.Version, FirstStart: u.first})
-	if err != nil {
+	if err := u.writeState(time.Time{}); err != nil {
 		return err
 	}
 	if err := u.tf.Ready(); err != nil {
 		return fmt.Errorf("upgrader: report ready to parent pid %d: %w", u.ppid, err)
 	}
+	if u.ppid != 0 {
+		u.countReadyAfterUpgrade(u.upgradeStart)
+	}
 	u.phase.Store("ready")
 	close(u.ready)
 	u.log.Info("ready", "addrs", strings.Join(u.addrs, ","), "workers", u.opts.Workers, "startup", time.Since(u.started).Round(time.Millisecond))
+	u.closeUnusedActivated()
+	u.sdReady()
 	return nil
+}
+
+// writeState tells the next or previous generation who this one is, and
+// passes on the service's counters.
+func (u *Upgrader) writeState(upgradeStart time.Time) error {
+	u.mu.Lock()
+	st := u.statsToPassLocked()
+	u.mu.Unlock()
+	return u.state.write(genState{Generation: u.gen, PID: os.Getpid(), Version: u.opts.Version, FirstStart: u.first,
+		UpgradeStart: upgradeStart, Stats: st})
 }
 
 func (u *Upgrader) watchParent() {
 	defer close(u.parent)
+	defer u.countParentDrain()
 	if err := u.tf.WaitForParent(context.Background()); err != nil {
 		u.log.Warn("previous generation exited abnormally", "parent_pid", u.ppid, "err", err)
 		return
@@ -327,51 +415,74 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 		}
 	}
 	start := time.Now()
-	if err := u.state.write(genState{Generation: u.gen, PID: os.Getpid(), Version: u.opts.Version, FirstStart: u.first}); err != nil {
+	if err := u.writeState(start); err != nil {
 		return res, err
 	}
 	exe := os.Args[0]
 	progress("start", "starting new generation from "+exe)
 	u.log.Info("upgrade starting", "exe", exe)
+	// Exit() is closed as soon as tf.Upgrade returns: hold phaseMu until
+	// the phase says whether this generation drains after an upgrade or
+	// stops, which drain reads.
+	u.phaseMu.Lock()
 	u.phase.Store("upgrading")
+	u.sdReloading()
 	err := u.tf.Upgrade()
 	took := time.Since(start)
-	if err != nil {
+	if err == nil {
+		u.phase.Store("draining")
+	}
+	result, err := u.explain(err, took)
+	if err != nil && !errors.Is(err, ErrStopping) {
 		u.phase.Store("ready")
-		err = u.explain(err, took)
+	}
+	u.phaseMu.Unlock()
+	if err != nil {
+		if errors.Is(err, ErrStopping) {
+			u.log.Info("upgrade abandoned: stopping", "duration", took.Round(time.Millisecond))
+			return res, err
+		}
+		if result != "" {
+			u.countFailedUpgrade(result)
+		}
 		u.mu.Lock()
 		u.lastError = err.Error()
 		u.mu.Unlock()
-		u.log.Error("upgrade failed, this generation goes on serving", "err", err, "duration", took.Round(time.Millisecond))
+		u.log.Error("upgrade failed, this generation goes on serving", "err", err, "result", result, "duration", took.Round(time.Millisecond))
+		u.sdUpgradeFailed(err)
 		return res, err
 	}
-	u.phase.Store("draining")
 	st, serr := u.state.read()
 	if serr != nil {
 		u.log.Warn("new generation ready but its state is unreadable", "err", serr)
 	}
 	res.NewPID, res.Generation, res.Version, res.Duration = st.PID, st.Generation, st.Version, took
+	u.sdUpgraded(st.PID)
 	u.log.Info("upgrade done, draining", "new_pid", st.PID, "new_generation", st.Generation, "duration", took.Round(time.Millisecond))
 	progress("ready", fmt.Sprintf("new generation pid %d ready in %d ms", st.PID, took.Milliseconds()))
 	return res, nil
 }
 
-// explain turns tableflip's errors into an operator's message.
-func (u *Upgrader) explain(err error, took time.Duration) error {
+// explain turns tableflip's errors into an operator's message and the
+// result label of handoff_upgrades_total ("" when no upgrade was tried).
+func (u *Upgrader) explain(err error, took time.Duration) (result string, _ error) {
+	if err == nil {
+		return ResultSuccess, nil
+	}
 	msg := err.Error()
 	switch {
 	case strings.Contains(msg, "timed out"):
-		return fmt.Errorf("upgrader: upgrade failed: new generation not ready within the upgrade timeout of %s, killed (%s)", u.opts.UpgradeTimeout, msg)
+		return ResultTimeout, fmt.Errorf("upgrader: upgrade failed: new generation not ready within the upgrade timeout of %s, killed (%s)", u.opts.UpgradeTimeout, msg)
 	case strings.Contains(msg, "exited"):
-		return fmt.Errorf("upgrader: upgrade failed: new generation exited before ready after %s (%s)", took.Round(time.Millisecond), msg)
+		return ResultExited, fmt.Errorf("upgrader: upgrade failed: new generation exited before ready after %s (%s)", took.Round(time.Millisecond), msg)
 	case msg == "terminating":
-		return ErrStopping
+		return "", ErrStopping
 	case msg == "upgrade in progress":
-		return ErrUpgradeInProgress
+		return "", ErrUpgradeInProgress
 	case msg == "already upgraded":
-		return ErrUpgraded
+		return "", ErrUpgraded
 	}
-	return fmt.Errorf("upgrader: upgrade failed: %w", err)
+	return ResultError, fmt.Errorf("upgrader: upgrade failed: %w", err)
 }
 
 // Status returns a snapshot of this generation.

@@ -69,13 +69,21 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		CommandNotFound: func(c *cli.Context, name string) {
 			fmt.Fprintf(stderr, "handoff: unknown command %q; see 'handoff --help'\n", name)
 		},
+		Flags:  logFlags(),
+		Before: setupLogging,
 		Commands: []*cli.Command{
 			{
 				Name:      "reload",
 				Usage:     "upgrade the service to the binary now on disk and wait until the new generation is ready",
-				UsageText: "handoff reload [--pidfile PATH] [--timeout DUR] [--json]",
-				Flags:     []cli.Flag{pidfileFlag(), jsonFlag(), timeoutFlag()},
-				Action:    reload,
+				UsageText: "handoff reload [--pidfile PATH] [--timeout DUR] [--json] [--no-follow]",
+				Description: "Exits 0 once the new generation is ready, non-zero with the reason when it is not (the old\n" +
+					"generation then goes on serving). It then follows the old generation's drain until it is over,\n" +
+					"unless --no-follow: the exit code is decided at ready either way.",
+				Flags: []cli.Flag{pidfileFlag(), jsonFlag(), timeoutFlag(), &cli.BoolFlag{
+					Name: "no-follow", Usage: "return once the new generation is ready, without following the old one's drain",
+					EnvVars: []string{"HANDOFF_NO_FOLLOW"},
+				}},
+				Action: reload,
 			},
 			{
 				Name:      "status",
@@ -146,29 +154,37 @@ func request(c *cli.Context, cmd string, progress func(control.Message)) (contro
 	return control.Do(ctx, control.SocketPath(pidfile), control.Request{Cmd: cmd}, progress)
 }
 
+// reload exits 0 once the new generation is ready; unless --no-follow, it
+// then shows the old generation's drain until it is over (or --timeout).
 func reload(c *cli.Context) error {
-	asJSON := c.Bool("json")
-	out := c.App.Writer
-	start := time.Now()
-	m, err := request(c, control.CmdUpgrade, func(m control.Message) {
-		if asJSON {
-			json.NewEncoder(out).Encode(m)
-			return
-		}
-		fmt.Fprintf(c.App.ErrWriter, "%6d ms  %s\n", time.Since(start).Milliseconds(), m.Msg)
-	})
-	if asJSON {
+	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
+	defer cancel()
+	v := newReloadView(c.App.Writer, c.App.ErrWriter, c.Bool("json"))
+	log := logger(c)
+	show := func(m control.Message) {
+		log.Debug("control message", "step", m.Step, "final", m.Final, "msg", m.Msg)
+		v.show(m)
+	}
+	req, socket := control.Request{Cmd: control.CmdUpgrade}, control.SocketPath(c.String("pidfile"))
+	var m control.Message
+	var err error
+	if c.Bool("no-follow") {
+		m, err = control.Do(ctx, socket, req, show)
 		if m.Final {
-			json.NewEncoder(out).Encode(m)
+			show(m)
 		}
+	} else {
+		m, err = control.Follow(ctx, socket, req, show)
 	}
 	if err != nil {
 		return fmt.Errorf("reload failed, the old generation goes on serving: %w", err)
 	}
-	if !asJSON {
-		r := m.Upgrade
-		fmt.Fprintf(out, "reloaded: pid %d → %d, generation %d, version %s, ready in %d ms\n",
-			r.OldPID, r.NewPID, r.Generation, r.Version, r.Duration.Milliseconds())
+	if !c.Bool("no-follow") && !v.drained && v.drainSeen {
+		if ctx.Err() != nil {
+			v.note("stopped following the old generation's drain at --timeout; it goes on")
+		} else {
+			v.note("the old generation closed the connection before its drain ended")
+		}
 	}
 	return nil
 }

@@ -20,6 +20,9 @@ import (
 
 	"github.com/gohandoff/handoff/internal/logging"
 	"github.com/gohandoff/handoff/upgrader"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
@@ -61,6 +64,7 @@ func run(args []string) error {
 	drainTimeout := fs.Duration("drain-timeout", upgrader.DefaultDrainTimeout, "how long the old generation may take to finish its requests")
 	logFormat := fs.String("log-format", "text", "log `format`: text or json")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (off if empty)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -92,24 +96,41 @@ func run(args []string) error {
 		return nil
 	}
 
-	upg, err := upgrader.New(upgrader.Options{
+	var reg *prometheus.Registry
+	if *metricsAddr != "" {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	opts := upgrader.Options{
 		PIDFile:        *pidfile,
 		Workers:        *workers,
 		UpgradeTimeout: *upgradeTimeout,
 		DrainTimeout:   *drainTimeout,
 		Version:        buildVersion(),
-	})
+	}
+	if reg != nil {
+		opts.Metrics = reg
+	}
+	upg, err := upgrader.New(opts)
 	if err != nil {
 		return err
 	}
 	defer upg.Stop()
+	slog.SetDefault(upg.Logger()) // every line with pid and generation
 	if _, err := upg.Listen("tcp", *listen); err != nil {
 		return err
+	}
+	if reg != nil {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(upg.Logger().Handler(), slog.LevelWarn)}))
+		if _, err := upg.ServeAdmin("tcp", *metricsAddr, mux); err != nil {
+			return err
+		}
 	}
 	srv := &upgrader.HTTPServer{Server: &http.Server{
 		Handler:           newMux(upg),
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(slog.Default().Handler(), slog.LevelWarn),
+		ErrorLog:          slog.NewLogLogger(upg.Logger().Handler(), slog.LevelWarn),
 	}}
 	return upg.Serve(context.Background(), srv.Worker)
 }
@@ -137,7 +158,7 @@ func newMux(upg *upgrader.Upgrader) *http.ServeMux {
 			http.Error(w, "bad duration d", http.StatusBadRequest)
 			return
 		}
-		slog.Info("sleep request in flight", "pid", os.Getpid(), "d", d)
+		slog.Info("sleep request in flight", "d", d)
 		select {
 		case <-time.After(d):
 		case <-r.Context().Done():

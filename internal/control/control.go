@@ -1,6 +1,16 @@
 // Package control is the protocol between a running service and the handoff
 // CLI: one JSON request per connection on a unix socket next to the PID
-// file, answered by a stream of JSON messages, the last of which is final.
+// file, answered by a stream of JSON messages, one a line, one of which is
+// final (Final true, with OK or Error).
+//
+// An upgrade's final message comes as soon as the new generation is ready
+// or the upgrade has failed: that is the upgrade's result. After a
+// successful one, the old generation keeps the connection open and goes on
+// with messages about its drain (Step "drain", with Drain set, whenever
+// the work left changes), then one with Step "drained" once it is over,
+// and closes the connection. A client that only wants the result reads up
+// to the final message and closes; the service then stops sending. A
+// service from before the drain messages closes right after the final one.
 package control
 
 import (
@@ -39,6 +49,19 @@ type Message struct {
 	Msg     string         `json:"msg,omitempty"`
 	Status  *Status        `json:"status,omitempty"`
 	Upgrade *UpgradeResult `json:"upgrade,omitempty"`
+	Drain   *Drain         `json:"drain,omitempty"`
+}
+
+// Drain is the progress of an old generation's drain after an upgrade.
+type Drain struct {
+	PID int `json:"pid"`
+	// Left is how much work is left: open connections, or workers that
+	// have not returned when the service does not count connections.
+	Left    int           `json:"left"`
+	Unit    string        `json:"unit,omitempty"` // "connections" or "workers"
+	Elapsed time.Duration `json:"elapsed_ns"`
+	Cut     int           `json:"cut,omitempty"` // connections cut at the drain timeout
+	Done    bool          `json:"done,omitempty"`
 }
 
 // UpgradeResult describes a finished upgrade.
@@ -109,6 +132,19 @@ func SocketPath(pidFile string) string {
 // message. Every progress message is passed to progress, which may be nil.
 // A final message with an error is returned as an error too.
 func Do(ctx context.Context, socket string, req Request, progress func(Message)) (Message, error) {
+	return do(ctx, socket, req, progress, false)
+}
+
+// Follow is Do, except that it passes every message to fn, the final one
+// included, and after a successful final message goes on reading what the
+// service sends (an upgrade's drain) until it closes the connection or
+// ctx ends. Errors after the final message are not returned: the result
+// is the final message's.
+func Follow(ctx context.Context, socket string, req Request, fn func(Message)) (Message, error) {
+	return do(ctx, socket, req, fn, true)
+}
+
+func do(ctx context.Context, socket string, req Request, fn func(Message), follow bool) (Message, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
@@ -129,14 +165,22 @@ func Do(ctx context.Context, socket string, req Request, progress func(Message))
 		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
 			return Message{}, fmt.Errorf("decode reply to %s: %w", req.Cmd, err)
 		}
+		if fn != nil && (follow || !m.Final) {
+			fn(m)
+		}
 		if !m.Final {
-			if progress != nil {
-				progress(m)
-			}
 			continue
 		}
 		if !m.OK {
 			return m, errors.New(m.Error)
+		}
+		if follow {
+			for sc.Scan() {
+				var after Message
+				if json.Unmarshal(sc.Bytes(), &after) == nil && fn != nil {
+					fn(after)
+				}
+			}
 		}
 		return m, nil
 	}
@@ -162,6 +206,12 @@ func NewWriter(conn net.Conn) *Writer {
 // Progress sends a progress message.
 func (w *Writer) Progress(step, msg string) error {
 	return w.enc.Encode(Message{Step: step, Msg: msg})
+}
+
+// Send sends m as it is: a progress message, or one that follows the
+// final message.
+func (w *Writer) Send(m Message) error {
+	return w.enc.Encode(m)
 }
 
 // Final sends the final message, failed if err is not nil.
