@@ -21,6 +21,8 @@ func TestUsageErrorsExit2NamingTheCulprit(t *testing.T) {
 		{"bad duration", []string{"stop", "--timeout", "soon"}, "timeout"},
 		{"empty pidfile", []string{"status", "--pidfile", ""}, "--pidfile"},
 		{"stray argument", []string{"status", "extra"}, `"extra"`},
+		{"bad log format", []string{"--log-format", "xml", "status"}, `"xml"`},
+		{"bad log level", []string{"--log-level", "loud", "reload"}, `"loud"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -57,7 +57,7 @@ func buildVersion() string {
 func run(args []string) error {
 	fs := flag.NewFlagSet("hello", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	listen := fs.String("listen", "127.0.0.1:8080", "`address` to serve HTTP on")
+	listen := fs.String("listen", "127.0.0.1:8080", "`address` to serve HTTP on; systemd:NAME takes the socket systemd passed with that FileDescriptorName=")
 	pidfile := fs.String("pidfile", "run/hello.pid", "PID file `path`; the control socket is next to it")
 	workers := fs.Int("workers", runtime.GOMAXPROCS(0), "worker goroutines")
 	upgradeTimeout := fs.Duration("upgrade-timeout", upgrader.DefaultUpgradeTimeout, "how long a new generation may take to be ready")
