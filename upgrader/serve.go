@@ -20,15 +20,24 @@ import (
 //
 // Create every listener with Listen or ListenPacket before calling Serve.
 func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
+	if u.worker != nil {
+		return u.serveWorker(ctx, fn)
+	}
 	u.mu.Lock()
 	if u.pool != nil {
 		u.mu.Unlock()
 		return errors.New("upgrader: Serve called twice")
 	}
-	p := newPool(u.opts.Workers, fn, u.lns, u.pcs, u.log)
+	p, err := u.newWorkersLocked(fn)
+	if err != nil {
+		u.mu.Unlock()
+		return err
+	}
 	u.pool = p
 	u.mu.Unlock()
-	p.start()
+	if err := p.start(); err != nil {
+		return err
+	}
 
 	var g run.Group
 	// The generation ends after an upgrade or a stop: drain, then return.
@@ -42,41 +51,9 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 		})
 	}
 	// Ready once every worker is.
-	{
-		done := make(chan struct{})
-		g.Add(func() error {
-			select {
-			case <-p.readyC:
-				if err := u.markReady(); err != nil {
-					return err
-				}
-			case <-done:
-				return nil
-			}
-			<-done
-			return nil
-		}, func(error) { close(done) })
-	}
+	addReadyActor(&g, p.ready(), u.markReady)
 	// Signals.
-	{
-		sigc := make(chan os.Signal, 16)
-		signal.Notify(sigc, upgradeSignals...)
-		signal.Notify(sigc, stopSignals...)
-		done := make(chan struct{})
-		g.Add(func() error {
-			for {
-				select {
-				case sig := <-sigc:
-					u.onSignal(sig)
-				case <-done:
-					return nil
-				}
-			}
-		}, func(error) {
-			signal.Stop(sigc)
-			close(done)
-		})
-	}
+	addSignalActor(&g, u.onSignal, upgradeSignals, rollSignals, stopSignals)
 	// Control socket.
 	if u.ctlLn != nil {
 		done := make(chan struct{})
@@ -89,21 +66,16 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 			close(done)
 		})
 	}
-	// The caller's context.
-	{
+	// Upgrades on changes of watched files.
+	if len(u.opts.Watch) > 0 {
 		done := make(chan struct{})
 		g.Add(func() error {
-			select {
-			case <-ctx.Done():
-				u.log.Info("context done, stopping")
-				u.Stop()
-			case <-done:
-			}
-			<-done
-			return nil
+			return u.watch(done)
 		}, func(error) { close(done) })
 	}
-	err := g.Run()
+	// The caller's context.
+	u.addContextActor(&g, ctx)
+	err = g.Run()
 	if err != nil {
 		u.log.Error("generation failed", "err", err)
 	} else {
@@ -113,6 +85,11 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 }
 
 func (u *Upgrader) onSignal(sig os.Signal) {
+	if isRollSignal(sig) {
+		u.log.Info("rolling restart requested", "signal", sig.String())
+		go u.roll(context.Background(), func(string) {}) // logged by roll
+		return
+	}
 	if isUpgradeSignal(sig) {
 		u.log.Info("upgrade requested", "signal", sig.String())
 		go func() {
@@ -137,7 +114,7 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 }
 
 // drain runs after this generation stopped accepting work for good.
-func (u *Upgrader) drain(p *pool) error {
+func (u *Upgrader) drain(p workers) error {
 	if u.phase.Load() != "draining" {
 		u.phase.Store("stopping")
 	}
@@ -170,4 +147,59 @@ func (u *Upgrader) removePIDFile() {
 	if err == nil && len(pids) == 1 && pids[0] == os.Getpid() {
 		os.Remove(u.opts.PIDFile)
 	}
+}
+
+// addReadyActor adds to g an actor that calls mark once ready is closed.
+func addReadyActor(g *run.Group, ready <-chan struct{}, mark func() error) {
+	done := make(chan struct{})
+	g.Add(func() error {
+		select {
+		case <-ready:
+			if err := mark(); err != nil {
+				return err
+			}
+		case <-done:
+			return nil
+		}
+		<-done
+		return nil
+	}, func(error) { close(done) })
+}
+
+// addSignalActor adds to g an actor that passes the signals of sets to
+// handle.
+func addSignalActor(g *run.Group, handle func(os.Signal), sets ...[]os.Signal) {
+	sigc := make(chan os.Signal, 16)
+	for _, set := range sets {
+		signal.Notify(sigc, set...)
+	}
+	done := make(chan struct{})
+	g.Add(func() error {
+		for {
+			select {
+			case sig := <-sigc:
+				handle(sig)
+			case <-done:
+				return nil
+			}
+		}
+	}, func(error) {
+		signal.Stop(sigc)
+		close(done)
+	})
+}
+
+// addContextActor adds to g an actor that stops u when ctx is done.
+func (u *Upgrader) addContextActor(g *run.Group, ctx context.Context) {
+	done := make(chan struct{})
+	g.Add(func() error {
+		select {
+		case <-ctx.Done():
+			u.log.Info("context done, stopping")
+			u.Stop()
+		case <-done:
+		}
+		<-done
+		return nil
+	}, func(error) { close(done) })
 }

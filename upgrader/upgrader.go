@@ -38,6 +38,9 @@ var (
 	ErrStopping = errors.New("upgrader: stopping")
 	// ErrNotReady: this generation has not reported ready yet.
 	ErrNotReady = errors.New("upgrader: not ready yet")
+	// ErrRollInProgress: a rolling restart of the worker processes has
+	// not finished yet.
+	ErrRollInProgress = errors.New("upgrader: rolling restart of the workers in progress")
 )
 
 // Options control an Upgrader. The zero value works: no PID file, no
@@ -64,6 +67,27 @@ type Options struct {
 	Logger *slog.Logger
 	// ListenConfig is used for sockets not inherited from a parent.
 	ListenConfig *net.ListenConfig
+
+	// WorkerMode is GoroutineWorkers (the default) or ProcessWorkers.
+	// See procpool.go and doc.go for process mode.
+	WorkerMode WorkerMode
+	// WorkerCommand, in process mode, is the program each worker process
+	// runs, with its arguments. By default it is this executable, re-run
+	// with the same arguments in the worker role: its New and Listen
+	// return the sockets inherited from the master, and Serve runs the
+	// WorkerFunc.
+	WorkerCommand []string
+	// WorkersPIDFile, in process mode, lists the live worker processes,
+	// one pid a line, rewritten atomically on every change. It defaults
+	// to the PID file's path with ".workers.pid" for ".pid".
+	WorkersPIDFile string
+	// WorkerReadyDelay, if positive, makes a worker process ready once it
+	// has stayed up that long, for programs that cannot send READY=1 on
+	// NOTIFY_SOCKET. Notification is better: it says the worker serves.
+	WorkerReadyDelay time.Duration
+	// Watch lists files and folders whose change upgrades the service,
+	// one upgrade per burst of changes (see WatchDebounce).
+	Watch []string
 }
 
 // Upgrader runs one generation of a service: it owns the listeners, which
@@ -88,12 +112,16 @@ type Upgrader struct {
 	force     chan struct{}
 	forceOnce sync.Once
 
+	worker  *workerSide // set in a worker process
+	rolling atomic.Bool
+
 	mu        sync.Mutex
 	lns       []net.Listener
 	pcs       []net.PacketConn
+	socks     []sockRef
 	addrs     []string
 	ctlLn     net.Listener
-	pool      *pool
+	pool      workers
 	lastError string
 }
 
@@ -115,6 +143,18 @@ func New(opts Options) (*Upgrader, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.WorkerMode == "" {
+		opts.WorkerMode = GoroutineWorkers
+	}
+	if opts.WorkersPIDFile == "" && opts.PIDFile != "" {
+		opts.WorkersPIDFile = workersPIDFile(opts.PIDFile)
+	}
+	if w, gen, err := takeWorkerRole(); err != nil || w != nil {
+		if err != nil {
+			return nil, err
+		}
+		return newWorker(opts, w, gen), nil
 	}
 	hasParent := os.Getenv(tableflipParentEnv) != ""
 	if !hasParent && opts.PIDFile != "" {
@@ -216,18 +256,27 @@ func checkNotRunning(pidFile string, log *slog.Logger) error {
 func (u *Upgrader) Generation() int { return u.gen }
 
 // HasParent reports whether this generation was started by an upgrade.
-func (u *Upgrader) HasParent() bool { return u.tf.HasParent() }
+func (u *Upgrader) HasParent() bool { return u.tf != nil && u.tf.HasParent() }
 
 // Listen returns a listener inherited from the previous generation, or
 // creates it. Call it before Serve, for every listener the service needs.
 func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
-	ln, err := u.tf.Listen(network, addr)
+	var ln net.Listener
+	var err error
+	if u.worker != nil {
+		ln, err = u.worker.listen(network, addr)
+	} else {
+		ln, err = u.tf.Listen(network, addr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("upgrader: listen on %s %s: %w", network, addr, err)
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.lns = append(u.lns, ln)
+	if f, ok := ln.(interface{ File() (*os.File, error) }); ok {
+		u.socks = append(u.socks, sockRef{fdName(network, addr), f})
+	}
 	u.addrs = append(u.addrs, network+"://"+ln.Addr().String())
 	return ln, nil
 }
@@ -235,13 +284,22 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 // ListenPacket returns a packet conn inherited from the previous
 // generation, or creates it. Call it before Serve.
 func (u *Upgrader) ListenPacket(network, addr string) (net.PacketConn, error) {
-	pc, err := u.tf.ListenPacket(network, addr)
+	var pc net.PacketConn
+	var err error
+	if u.worker != nil {
+		pc, err = u.worker.listenPacket(network, addr)
+	} else {
+		pc, err = u.tf.ListenPacket(network, addr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("upgrader: listen on %s %s: %w", network, addr, err)
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.pcs = append(u.pcs, pc)
+	if f, ok := pc.(interface{ File() (*os.File, error) }); ok {
+		u.socks = append(u.socks, sockRef{fdName(network, addr), f})
+	}
 	u.addrs = append(u.addrs, network+"://"+pc.LocalAddr().String())
 	return pc, nil
 }
@@ -253,10 +311,17 @@ func (u *Upgrader) Ready() <-chan struct{} { return u.ready }
 
 // Stop ends this generation gracefully: a running upgrade is abandoned and
 // Serve drains the pool and returns. It is safe to call more than once.
-func (u *Upgrader) Stop() { u.tf.Stop() }
+func (u *Upgrader) Stop() {
+	if u.worker != nil {
+		u.worker.stop()
+		return
+	}
+	u.tf.Stop()
+}
 
 // markReady publishes this generation once its pool is ready.
 func (u *Upgrader) markReady() error {
+	u.publishWorkers(true)
 	if u.opts.PIDFile != "" {
 		if err := WritePIDFile(u.opts.PIDFile, os.Getpid()); err != nil {
 			return err
@@ -302,6 +367,9 @@ func (u *Upgrader) Upgrade(ctx context.Context) (UpgradeResult, error) {
 func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string)) (UpgradeResult, error) {
 	res := UpgradeResult{OldPID: os.Getpid()}
 	if !u.upgrading.CompareAndSwap(false, true) {
+		if u.rolling.Load() {
+			return res, ErrRollInProgress
+		}
 		return res, ErrUpgradeInProgress
 	}
 	defer u.upgrading.Store(false)
@@ -334,10 +402,12 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	progress("start", "starting new generation from "+exe)
 	u.log.Info("upgrade starting", "exe", exe)
 	u.phase.Store("upgrading")
+	u.publishWorkers(false)
 	err := u.tf.Upgrade()
 	took := time.Since(start)
 	if err != nil {
 		u.phase.Store("ready")
+		u.publishWorkers(true)
 		err = u.explain(err, took)
 		u.mu.Lock()
 		u.lastError = err.Error()

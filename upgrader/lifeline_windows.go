@@ -1,0 +1,6 @@
+package upgrader
+
+import "os"
+
+// takeLifeline: worker processes do not run on Windows.
+func takeLifeline() (*os.File, error) { return nil, nil }
