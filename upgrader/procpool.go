@@ -386,6 +386,7 @@ func (pp *procPool) roll(ctx context.Context, progress func(string)) (int, error
 			s.respawn.Stop()
 			s.respawn = nil
 		}
+		pp.writePIDsLocked()
 		pp.mu.Unlock()
 		msg := fmt.Sprintf("worker %d: pid %d ready in %d ms", id, p.pid, time.Since(start).Milliseconds())
 		if old != nil {
