@@ -405,3 +405,61 @@ func TestHandoffRunNode(t *testing.T) {
 		t.Errorf("GET /version = %d %q %v, want 200 node-v2", code, body, err)
 	}
 }
+
+// TestHandoffRunWatch: with --watch, a change of the app upgrades
+// handoff run by itself; a broken app fails the upgrade, reported, while
+// the old generation goes on serving, and the next change is tried again.
+func TestHandoffRunWatch(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("node is not installed: skipping handoff run --watch with examples/node (apt-get install nodejs)")
+	}
+	src, err := os.ReadFile("../examples/node/server.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newService(t, handoffBin, "handoff", freeAddr(t))
+	appDir := filepath.Join(s.dir, "app")
+	if err := os.Mkdir(appDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	app := filepath.Join(appDir, "app.js")
+	installBytes(t, src, app)
+	// A broken app must not look ready: notify, or a delay longer than
+	// Node takes to fail on a syntax error.
+	ready := "notify"
+	if _, err := exec.LookPath("systemd-notify"); err != nil {
+		ready = "delay:3s"
+	}
+	s.start("run", "--listen", "tcp://"+s.addr, "--workers", "1", "--pidfile", s.pidfile, "--ready", ready,
+		"--watch", appDir, "--", node, app)
+
+	version := func(v string) []byte { return bytes.ReplaceAll(src, []byte("'node-dev'"), []byte("'"+v+"'")) }
+	from := s.log.len()
+	// A burst of writes makes one upgrade.
+	for i := range 5 {
+		installBytes(t, version(fmt.Sprintf("node-v2-%d", i)), app)
+	}
+	s.log.waitFor(t, from, "previous generation exited", "generation=2")
+	if n := strings.Count(strings.Join(strings.Split(s.log.String(), "\n")[from:], "\n"), "change detected, upgrading"); n != 1 {
+		t.Errorf("%d upgrades for one burst of writes, want 1", n)
+	}
+	if code, body, err := s.get("/version"); err != nil || code != 200 || body != "node-v2-4" {
+		t.Errorf("GET /version = %d %q %v, want 200 node-v2-4", code, body, err)
+	}
+
+	from = s.log.len()
+	installBytes(t, []byte("this is not javascript\n"), app)
+	s.log.waitFor(t, from, "crash loop before this generation was ready")
+	s.log.waitFor(t, from, "upgrade on change failed", "exited before ready")
+	if code, body, err := s.get("/version"); err != nil || code != 200 || body != "node-v2-4" {
+		t.Errorf("after the failed upgrade GET /version = %d %q %v, want 200 node-v2-4 from generation 2", code, body, err)
+	}
+
+	from = s.log.len()
+	installBytes(t, version("node-v3"), app)
+	s.log.waitFor(t, from, "previous generation exited", "generation=3")
+	if code, body, err := s.get("/version"); err != nil || code != 200 || body != "node-v3" {
+		t.Errorf("GET /version = %d %q %v, want 200 node-v3", code, body, err)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gohandoff/handoff/internal/control"
+	"github.com/oklog/run"
 )
 
 // WorkerMode says where the workers of a generation run.
@@ -109,6 +110,10 @@ type procPool struct {
 	pidFile      string
 
 	readyC    chan struct{}
+	failed    chan struct{} // closed on a crash loop before ready, with failFast
+	failFast  bool
+	failOnce  sync.Once
+	failErr   error
 	draining  chan struct{}
 	drainOnce sync.Once
 	live      sync.WaitGroup
@@ -131,6 +136,8 @@ func newProcPool(u *Upgrader, spec *procSpec) *procPool {
 		readyDelay:   u.opts.WorkerReadyDelay,
 		pidFile:      u.opts.WorkersPIDFile,
 		readyC:       make(chan struct{}),
+		failed:       make(chan struct{}),
+		failFast:     u.HasParent(),
 		draining:     make(chan struct{}),
 		slots:        make([]procSlot, u.opts.Workers),
 		procs:        make(map[*workerProc]struct{}),
@@ -316,6 +323,12 @@ func (pp *procPool) diedLocked(id int, started time.Time, err error) {
 			pp.log.Error("worker in crash loop died again", "worker", id, "err", err, "backoff", delay)
 		}
 		s.looping = true
+		if pp.failFast && pp.nready < pp.n {
+			pp.failOnce.Do(func() {
+				pp.failErr = fmt.Errorf("upgrader: worker %d in a crash loop before this generation was ready: %s", id, s.lastErr)
+				close(pp.failed)
+			})
+		}
 	} else {
 		pp.log.Error("worker died, replacing it", "worker", id, "err", err, "backoff", delay)
 	}
@@ -375,7 +388,7 @@ func (pp *procPool) roll(ctx context.Context, progress func(string)) (int, error
 			return id, fmt.Errorf("upgrader: roll stopped at worker %d: %w", id, err)
 		}
 		if err := pp.waitReady(ctx, p); err != nil {
-			pp.stopProc(p, 0)
+			pp.stopProc(p, pp.drainTimeout)
 			return id, fmt.Errorf("upgrader: roll stopped at worker %d: replacement pid %d %w; workers %d to %d keep serving", id, p.pid, err, id, pp.n-1)
 		}
 		pp.mu.Lock()
@@ -647,4 +660,26 @@ func (u *Upgrader) roll(ctx context.Context, progress func(string)) (int, error)
 	}
 	u.log.Info("rolling restart done", "replaced", n, "duration", time.Since(start).Round(time.Millisecond))
 	return n, nil
+}
+
+// addStartFailureActor makes a generation started by an upgrade fail, so
+// that the upgrade fails at once and the previous generation goes on
+// serving, when one of its worker slots falls into a crash loop before all
+// its workers are ready. The first generation keeps retrying instead.
+func addStartFailureActor(g *run.Group, p workers) {
+	pp, ok := p.(*procPool)
+	if !ok || !pp.failFast {
+		return
+	}
+	done := make(chan struct{})
+	g.Add(func() error {
+		select {
+		case <-pp.failed:
+			return pp.failErr
+		case <-pp.readyC:
+		case <-done:
+		}
+		<-done
+		return nil
+	}, func(error) { close(done) })
 }

@@ -43,7 +43,7 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 	// The generation ends after an upgrade or a stop: drain, then return.
 	{
 		g.Add(func() error {
-			<-u.tf.Exit()
+			<-u.exit()
 			u.closeControl()
 			return u.drain(p)
 		}, func(error) {
@@ -52,6 +52,7 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 	}
 	// Ready once every worker is.
 	addReadyActor(&g, p.ready(), u.markReady)
+	addStartFailureActor(&g, p)
 	// Signals.
 	addSignalActor(&g, u.onSignal, upgradeSignals, rollSignals, stopSignals)
 	// Control socket.

@@ -111,6 +111,9 @@ type Upgrader struct {
 	parent    chan struct{} // closed when the previous generation has exited
 	force     chan struct{}
 	forceOnce sync.Once
+	readyMu   sync.Mutex    // orders markReady and Stop
+	abort     chan struct{} // closed by Stop before ready in a generation started by an upgrade
+	abortOnce sync.Once
 
 	worker  *workerSide // set in a worker process
 	rolling atomic.Bool
@@ -182,6 +185,7 @@ func New(opts Options) (*Upgrader, error) {
 		ready:   make(chan struct{}),
 		parent:  make(chan struct{}),
 		force:   make(chan struct{}),
+		abort:   make(chan struct{}),
 	}
 	u.phase.Store("starting")
 	if err := u.loadState(); err != nil {
@@ -316,11 +320,46 @@ func (u *Upgrader) Stop() {
 		u.worker.stop()
 		return
 	}
+	u.readyMu.Lock()
+	defer u.readyMu.Unlock()
+	select {
+	case <-u.ready:
+	default:
+		if u.HasParent() {
+			// A new generation that gives up before it is ready must not
+			// call tableflip's Stop: it would unlink the unix sockets it
+			// inherited (the control socket among them), which the
+			// previous generation goes on serving.
+			u.abortOnce.Do(func() { close(u.abort) })
+			return
+		}
+	}
 	u.tf.Stop()
+}
+
+// exit is closed when this generation stops serving: after an upgrade, a
+// stop, or an abort before ready.
+func (u *Upgrader) exit() <-chan struct{} {
+	c := make(chan struct{})
+	go func() {
+		select {
+		case <-u.tf.Exit():
+		case <-u.abort:
+		}
+		close(c)
+	}()
+	return c
 }
 
 // markReady publishes this generation once its pool is ready.
 func (u *Upgrader) markReady() error {
+	u.readyMu.Lock()
+	defer u.readyMu.Unlock()
+	select {
+	case <-u.abort:
+		return nil // stopped before ready
+	default:
+	}
 	u.publishWorkers(true)
 	if u.opts.PIDFile != "" {
 		if err := WritePIDFile(u.opts.PIDFile, os.Getpid()); err != nil {
