@@ -463,3 +463,30 @@ func TestHandoffRunWatch(t *testing.T) {
 		t.Errorf("GET /version = %d %q %v, want 200 node-v3", code, body, err)
 	}
 }
+
+// TestRollStopsAtFailingReplacement: when a replacement exits before it is
+// ready, handoff restart-workers stops the roll and exits non-zero with
+// the reason, and the old workers go on.
+func TestRollStopsAtFailingReplacement(t *testing.T) {
+	s := newService(t, handoffBin, "handoff", freeAddr(t))
+	script := filepath.Join(s.dir, "worker.sh")
+	installBytes(t, []byte("#!/bin/sh\nexec sleep 600\n"), script)
+	s.start("run", "--listen", "tcp://"+s.addr, "--workers", "3", "--pidfile", s.pidfile, "--ready", "delay:200ms", "--", script)
+	old := s.checkWorkers(3)
+
+	installBytes(t, []byte("#!/bin/sh\necho 'worker: bad release' >&2\nexit 4\n"), script)
+	code, out, errOut := s.handoff("restart-workers")
+	if code == 0 {
+		t.Fatalf("handoff restart-workers succeeded with a worker that exits at once:\n%s", out)
+	}
+	if !strings.Contains(errOut, "roll stopped at worker 0") || !strings.Contains(errOut, "exit status 4") {
+		t.Errorf("handoff restart-workers stderr %q does not say where the roll stopped and why", errOut)
+	}
+	if now := s.checkWorkers(3); !slices.Equal(now, old) {
+		t.Errorf("workers after the failed roll: %v, want the old ones %v", now, old)
+	}
+	st := s.statusJSON()
+	if st.State != "ready" {
+		t.Errorf("master state %q after the failed roll, want ready", st.State)
+	}
+}

@@ -5,6 +5,7 @@ package upgrader
 import (
 	"fmt"
 	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,4 +34,20 @@ func takeLifeline() (*os.File, error) {
 		return nil, fmt.Errorf("lifeline: %w", err)
 	}
 	return os.NewFile(uintptr(fd), "lifeline"), nil
+}
+
+// markCloseOnExec sets close-on-exec on every descriptor above stderr, so
+// that a worker inherits only what its master passes it on purpose: not a
+// descriptor the master itself inherited without the flag (from its own
+// parent, or tableflip's handshake pipe with the previous generation).
+func markCloseOnExec() {
+	ents, err := os.ReadDir("/dev/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
 }

@@ -4,3 +4,5 @@ import "os"
 
 // takeLifeline: worker processes do not run on Windows.
 func takeLifeline() (*os.File, error) { return nil, nil }
+
+func markCloseOnExec() {}

@@ -194,6 +194,7 @@ func (pp *procPool) spawn(id int, replacement bool) (*workerProc, error) {
 		w.Close()
 		return nil, errPoolDraining
 	}
+	markCloseOnExec()
 	if err := p.cmd.Start(); err != nil {
 		p.notify.close()
 		w.Close()
@@ -623,7 +624,12 @@ func (u *Upgrader) publishWorkers(on bool) {
 // roll is a rolling restart of the worker processes (SIGUSR2 or the
 // control socket). It excludes upgrades and returns how many workers were
 // replaced.
-func (u *Upgrader) roll(ctx context.Context, progress func(string)) (int, error) {
+func (u *Upgrader) roll(ctx context.Context, progress func(string)) (n int, err error) {
+	defer func() {
+		if err != nil {
+			u.log.Error("rolling restart failed", "replaced", n, "err", err)
+		}
+	}()
 	u.mu.Lock()
 	pp, ok := u.pool.(*procPool)
 	u.mu.Unlock()
@@ -653,9 +659,8 @@ func (u *Upgrader) roll(ctx context.Context, progress func(string)) (int, error)
 	}
 	start := time.Now()
 	u.log.Info("rolling restart of the workers", "workers", pp.n)
-	n, err := pp.roll(ctx, progress)
+	n, err = pp.roll(ctx, progress)
 	if err != nil {
-		u.log.Error("rolling restart failed", "replaced", n, "err", err)
 		return n, err
 	}
 	u.log.Info("rolling restart done", "replaced", n, "duration", time.Since(start).Round(time.Millisecond))
