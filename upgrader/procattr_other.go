@@ -2,8 +2,13 @@
 
 package upgrader
 
-import "syscall"
+import (
+	"os/exec"
+	"syscall"
+)
 
 // workerProcAttr: without Pdeathsig, a worker notices its master's death
 // by the EOF on its lifeline (stdin).
 func workerProcAttr() *syscall.SysProcAttr { return nil }
+
+func startCmd(cmd *exec.Cmd) error { return cmd.Start() }

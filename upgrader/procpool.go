@@ -195,7 +195,7 @@ func (pp *procPool) spawn(id int, replacement bool) (*workerProc, error) {
 		return nil, errPoolDraining
 	}
 	markCloseOnExec()
-	if err := p.cmd.Start(); err != nil {
+	if err := startCmd(p.cmd); err != nil {
 		p.notify.close()
 		w.Close()
 		return nil, fmt.Errorf("upgrader: start worker %d: %w", id, err)
