@@ -174,6 +174,8 @@ type service struct {
 	addr    string
 	log     *logWatch
 	cmd     *exec.Cmd
+	// adjust, if set, is called on the command before it starts.
+	adjust func(*service, *exec.Cmd)
 }
 
 // freeAddr returns a free 127.0.0.1 port.
@@ -197,14 +199,31 @@ func startHello(t *testing.T, bin string, args ...string) *service {
 // command before it starts: to set its environment, pass files, wrap it.
 func startHelloWith(t *testing.T, bin string, adjust func(*service, *exec.Cmd), args ...string) *service {
 	t.Helper()
+	s := newService(t, bin, "hello", freeAddr(t))
+	s.adjust = adjust
+	s.start(append([]string{"--listen", s.addr, "--pidfile", s.pidfile}, args...)...)
+	return s
+}
+
+// newService installs bin as dir/name in a new folder; its PID file is
+// dir/run/name.pid and it is to serve on addr.
+func newService(t *testing.T, bin, name, addr string) *service {
+	t.Helper()
 	dir := t.TempDir()
-	s := &service{t: t, dir: dir, exe: filepath.Join(dir, "hello"), pidfile: filepath.Join(dir, "run", "hello.pid"), addr: freeAddr(t)}
+	s := &service{t: t, dir: dir, exe: filepath.Join(dir, name), pidfile: filepath.Join(dir, "run", name+".pid"), addr: addr}
 	install(t, bin, s.exe)
-	args = append([]string{"--listen", s.addr, "--pidfile", s.pidfile}, args...)
+	return s
+}
+
+// start runs s.exe with args and waits until its first generation is
+// ready. Cleanup kills every process of s and its workers.
+func (s *service) start(args ...string) {
+	t := s.t
+	t.Helper()
 	s.cmd = exec.Command(s.exe, args...)
-	s.cmd.Dir = dir
-	if adjust != nil {
-		adjust(s, s.cmd)
+	s.cmd.Dir = s.dir
+	if s.adjust != nil {
+		s.adjust(s, s.cmd)
 	}
 	pr, pw := io.Pipe()
 	s.cmd.Stdout, s.cmd.Stderr = pw, pw
@@ -223,7 +242,6 @@ func startHelloWith(t *testing.T, bin string, adjust func(*service, *exec.Cmd), 
 		}
 	})
 	s.log.waitFor(t, 0, "msg=ready", "generation=1")
-	return s
 }
 
 // pids lists the live (not zombie) processes started from s.exe.
@@ -263,6 +281,24 @@ func (s *service) killAll() {
 	for _, pid := range s.pids() {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
+	// Worker processes of another program (handoff run) die with their
+	// master; these are killed in case they did not.
+	workers, _ := upgrader.ReadPIDFile(strings.TrimSuffix(s.pidfile, ".pid") + ".workers.pid")
+	for _, pid := range workers {
+		if alive(pid) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// alive reports whether pid is a live process, not a zombie.
+func alive(pid int) bool {
+	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	return i > 0 && len(stat) > i+2 && stat[i+2] != 'Z'
 }
 
 // pid reads the PID file.

@@ -23,10 +23,14 @@ type adminServer struct {
 // during an upgrade. The generation is ready only once it serves h too.
 //
 // Call it before Serve. It returns the listener's address, which tells
-// the port chosen for addr ":0".
+// the port chosen for addr ":0". In a worker process (process mode) it
+// does nothing and returns nil: the master serves the admin handler.
 func (u *Upgrader) ServeAdmin(network, addr string, h http.Handler) (net.Addr, error) {
 	if h == nil {
 		return nil, errors.New("upgrader: ServeAdmin with a nil handler")
+	}
+	if u.worker != nil {
+		return nil, nil
 	}
 	ln, err := u.listen(network, addr)
 	if err != nil {
@@ -60,18 +64,3 @@ func (u *Upgrader) startAdminLocked() []*pool {
 	return pools
 }
 
-// allReady returns a channel closed once every pool is ready, or done.
-func allReady(pools []*pool, done <-chan struct{}) <-chan struct{} {
-	c := make(chan struct{})
-	go func() {
-		for _, p := range pools {
-			select {
-			case <-p.readyC:
-			case <-done:
-				return
-			}
-		}
-		close(c)
-	}()
-	return c
-}

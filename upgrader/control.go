@@ -101,6 +101,11 @@ func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 		if w.Final(control.Message{Upgrade: &res}, err) == nil && err == nil {
 			u.streamDrain(conn, w)
 		}
+	case control.CmdRestartWorkers:
+		u.log.Info("rolling restart requested", "via", "control socket")
+		// Each replacement's wait is bounded by the upgrade timeout.
+		n, err := u.roll(context.Background(), func(msg string) { w.Progress("worker", msg) })
+		w.Final(control.Message{Msg: fmt.Sprintf("%d of %d workers replaced", n, u.opts.Workers), Status: u.status()}, err)
 	case control.CmdStop:
 		u.log.Info("stop requested", "via", "control socket")
 		u.Stop()

@@ -99,8 +99,10 @@ func newPool(n int, fn WorkerFunc, lns []net.Listener, pcs []net.PacketConn, log
 	}
 }
 
+func (p *pool) ready() <-chan struct{} { return p.readyC }
+
 // start runs the workers until drain; done is closed when all returned.
-func (p *pool) start() {
+func (p *pool) start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
 	var wg sync.WaitGroup
@@ -115,6 +117,7 @@ func (p *pool) start() {
 		wg.Wait()
 		close(p.done)
 	}()
+	return nil
 }
 
 func (p *pool) isDraining() bool {

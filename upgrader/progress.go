@@ -56,6 +56,8 @@ func (p *pool) countConns(n func() int) {
 
 func (p *pool) addCut(n int) { p.cut.Add(int64(n)) }
 
+func (p *pool) cutCount() int64 { return p.cut.Load() }
+
 func (p *pool) progress() progress {
 	p.mu.Lock()
 	counters := p.connCounters
@@ -78,7 +80,7 @@ func (p *pool) progress() progress {
 
 // reportDrain runs while a drain does: on a final stop it tells systemd
 // how much is left and extends its stop timeout, until done is closed.
-func (u *Upgrader) reportDrain(p *pool, deadline time.Time, done <-chan struct{}) {
+func (u *Upgrader) reportDrain(p workers, deadline time.Time, done <-chan struct{}) {
 	if u.phase.Load() != "stopping" || !u.sd.notify {
 		return
 	}

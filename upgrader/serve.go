@@ -23,22 +23,31 @@ import (
 //
 // Create every listener with Listen or ListenPacket before calling Serve.
 func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
+	if u.worker != nil {
+		return u.serveWorker(ctx, fn)
+	}
 	u.mu.Lock()
 	if u.pool != nil {
 		u.mu.Unlock()
 		return errors.New("upgrader: Serve called twice")
 	}
-	p := newPool(u.opts.Workers, fn, u.lns, u.pcs, u.log)
+	p, err := u.newWorkersLocked(fn)
+	if err != nil {
+		u.mu.Unlock()
+		return err
+	}
 	u.pool = p
 	admin := u.startAdminLocked()
 	u.mu.Unlock()
-	p.start()
+	if err := p.start(); err != nil {
+		return err
+	}
 
 	var g run.Group
 	// The generation ends after an upgrade or a stop: drain, then return.
 	{
 		g.Add(func() error {
-			<-u.tf.Exit()
+			<-u.exit()
 			u.closeControl()
 			return u.drain(p, admin)
 		}, func(error) {
@@ -46,42 +55,14 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 		})
 	}
 	// Ready once every worker is.
-	{
-		done := make(chan struct{})
-		ready := allReady(append([]*pool{p}, admin...), done)
-		g.Add(func() error {
-			select {
-			case <-ready:
-				if err := u.markReady(); err != nil {
-					return err
-				}
-			case <-done:
-				return nil
-			}
-			<-done
-			return nil
-		}, func(error) { close(done) })
+	readies := []<-chan struct{}{p.ready()}
+	for _, a := range admin {
+		readies = append(readies, a.ready())
 	}
+	addReadyActor(&g, u.markReady, readies...)
+	addStartFailureActor(&g, p)
 	// Signals.
-	{
-		sigc := make(chan os.Signal, 16)
-		signal.Notify(sigc, upgradeSignals...)
-		signal.Notify(sigc, stopSignals...)
-		done := make(chan struct{})
-		g.Add(func() error {
-			for {
-				select {
-				case sig := <-sigc:
-					u.onSignal(sig)
-				case <-done:
-					return nil
-				}
-			}
-		}, func(error) {
-			signal.Stop(sigc)
-			close(done)
-		})
-	}
+	addSignalActor(&g, u.onSignal, upgradeSignals, rollSignals, stopSignals)
 	// Control socket.
 	if u.ctlLn != nil {
 		done := make(chan struct{})
@@ -94,21 +75,16 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 			close(done)
 		})
 	}
-	// The caller's context.
-	{
+	// Upgrades on changes of watched files.
+	if len(u.opts.Watch) > 0 {
 		done := make(chan struct{})
 		g.Add(func() error {
-			select {
-			case <-ctx.Done():
-				u.log.Info("context done, stopping")
-				u.Stop()
-			case <-done:
-			}
-			<-done
-			return nil
+			return u.watch(done)
 		}, func(error) { close(done) })
 	}
-	err := g.Run()
+	// The caller's context.
+	u.addContextActor(&g, ctx)
+	err = g.Run()
 	if err != nil {
 		u.log.Error("generation failed", "err", err)
 	} else {
@@ -118,6 +94,11 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 }
 
 func (u *Upgrader) onSignal(sig os.Signal) {
+	if isRollSignal(sig) {
+		u.log.Info("rolling restart requested", "signal", sig.String())
+		go u.roll(context.Background(), func(string) {}) // logged by roll
+		return
+	}
 	if isUpgradeSignal(sig) {
 		u.log.Info("upgrade requested", "signal", sig.String())
 		go func() {
@@ -151,7 +132,7 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 
 // drain runs after this generation stopped accepting work for good: after
 // an upgrade, or on a final stop.
-func (u *Upgrader) drain(p *pool, admin []*pool) error {
+func (u *Upgrader) drain(p workers, admin []*pool) error {
 	u.phaseMu.Lock() // an upgrade that just succeeded has said so
 	final := u.phase.Load() != "draining"
 	if final {
@@ -191,7 +172,7 @@ func (u *Upgrader) drain(p *pool, admin []*pool) error {
 	err := p.drain(ctx)
 	wg.Wait()
 	close(reported)
-	took, cut := time.Since(start), p.cut.Load()
+	took, cut := time.Since(start), p.cutCount()
 	ds.mu.Lock()
 	ds.took, ds.cut = took, cut
 	ds.mu.Unlock()
@@ -216,4 +197,62 @@ func (u *Upgrader) removePIDFile() {
 	if err == nil && len(pids) == 1 && pids[0] == os.Getpid() {
 		os.Remove(u.opts.PIDFile)
 	}
+}
+
+// addReadyActor adds to g an actor that calls mark once every channel of
+// readies is closed.
+func addReadyActor(g *run.Group, mark func() error, readies ...<-chan struct{}) {
+	done := make(chan struct{})
+	g.Add(func() error {
+		for _, ready := range readies {
+			select {
+			case <-ready:
+			case <-done:
+				return nil
+			}
+		}
+		if err := mark(); err != nil {
+			return err
+		}
+		<-done
+		return nil
+	}, func(error) { close(done) })
+}
+
+// addSignalActor adds to g an actor that passes the signals of sets to
+// handle.
+func addSignalActor(g *run.Group, handle func(os.Signal), sets ...[]os.Signal) {
+	sigc := make(chan os.Signal, 16)
+	for _, set := range sets {
+		signal.Notify(sigc, set...)
+	}
+	done := make(chan struct{})
+	g.Add(func() error {
+		for {
+			select {
+			case sig := <-sigc:
+				handle(sig)
+			case <-done:
+				return nil
+			}
+		}
+	}, func(error) {
+		signal.Stop(sigc)
+		close(done)
+	})
+}
+
+// addContextActor adds to g an actor that stops u when ctx is done.
+func (u *Upgrader) addContextActor(g *run.Group, ctx context.Context) {
+	done := make(chan struct{})
+	g.Add(func() error {
+		select {
+		case <-ctx.Done():
+			u.log.Info("context done, stopping")
+			u.Stop()
+		case <-done:
+		}
+		<-done
+		return nil
+	}, func(error) { close(done) })
 }

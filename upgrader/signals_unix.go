@@ -10,9 +10,14 @@ import (
 var (
 	upgradeSignals = []os.Signal{syscall.SIGHUP}
 	stopSignals    = []os.Signal{syscall.SIGTERM, syscall.SIGINT}
+	rollSignals    = []os.Signal{syscall.SIGUSR2}
+	// masterSignals are the master's alone: a worker ignores them.
+	masterSignals = []os.Signal{syscall.SIGHUP, syscall.SIGUSR2}
 )
 
 func isUpgradeSignal(sig os.Signal) bool { return sig == syscall.SIGHUP }
+
+func isRollSignal(sig os.Signal) bool { return sig == syscall.SIGUSR2 }
 
 // processAlive reports whether a process with pid exists.
 func processAlive(pid int) bool {

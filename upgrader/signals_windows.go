@@ -9,9 +9,13 @@ import "os"
 var (
 	upgradeSignals = []os.Signal{}
 	stopSignals    = []os.Signal{os.Interrupt}
+	rollSignals    = []os.Signal{}
+	masterSignals  = []os.Signal{}
 )
 
 func isUpgradeSignal(os.Signal) bool { return false }
+
+func isRollSignal(os.Signal) bool { return false }
 
 func processAlive(pid int) bool {
 	p, err := os.FindProcess(pid)

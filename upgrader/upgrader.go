@@ -40,6 +40,9 @@ var (
 	ErrStopping = errors.New("upgrader: stopping")
 	// ErrNotReady: this generation has not reported ready yet.
 	ErrNotReady = errors.New("upgrader: not ready yet")
+	// ErrRollInProgress: a rolling restart of the worker processes has
+	// not finished yet.
+	ErrRollInProgress = errors.New("upgrader: rolling restart of the workers in progress")
 )
 
 // Options control an Upgrader. The zero value works: no PID file, no
@@ -70,6 +73,27 @@ type Options struct {
 	// handoff_* series of metrics.go. Serve them with ServeAdmin and
 	// promhttp.HandlerFor. Nil means no metrics.
 	Metrics prometheus.Registerer
+
+	// WorkerMode is GoroutineWorkers (the default) or ProcessWorkers.
+	// See procpool.go and doc.go for process mode.
+	WorkerMode WorkerMode
+	// WorkerCommand, in process mode, is the program each worker process
+	// runs, with its arguments. By default it is this executable, re-run
+	// with the same arguments in the worker role: its New and Listen
+	// return the sockets inherited from the master, and Serve runs the
+	// WorkerFunc.
+	WorkerCommand []string
+	// WorkersPIDFile, in process mode, lists the live worker processes,
+	// one pid a line, rewritten atomically on every change. It defaults
+	// to the PID file's path with ".workers.pid" for ".pid".
+	WorkersPIDFile string
+	// WorkerReadyDelay, if positive, makes a worker process ready once it
+	// has stayed up that long, for programs that cannot send READY=1 on
+	// NOTIFY_SOCKET. Notification is better: it says the worker serves.
+	WorkerReadyDelay time.Duration
+	// Watch lists files and folders whose change upgrades the service,
+	// one upgrade per burst of changes (see WatchDebounce).
+	Watch []string
 }
 
 // Upgrader runs one generation of a service: it owns the listeners, which
@@ -100,13 +124,20 @@ type Upgrader struct {
 	parent    chan struct{} // closed when the previous generation has exited
 	force     chan struct{}
 	forceOnce sync.Once
+	readyMu   sync.Mutex    // orders markReady and Stop
+	abort     chan struct{} // closed by Stop before ready in a generation started by an upgrade
+	abortOnce sync.Once
+
+	worker  *workerSide // set in a worker process
+	rolling atomic.Bool
 
 	mu        sync.Mutex
 	lns       []net.Listener
 	pcs       []net.PacketConn
+	socks     []sockRef
 	addrs     []string
 	ctlLn     net.Listener
-	pool      *pool
+	pool      workers
 	admin     []adminServer
 	claimed   []string // network and address of every socket asked for
 	stats     stats
@@ -131,6 +162,18 @@ func New(opts Options) (*Upgrader, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.WorkerMode == "" {
+		opts.WorkerMode = GoroutineWorkers
+	}
+	if opts.WorkersPIDFile == "" && opts.PIDFile != "" {
+		opts.WorkersPIDFile = workersPIDFile(opts.PIDFile)
+	}
+	if w, gen, err := takeWorkerRole(); err != nil || w != nil {
+		if err != nil {
+			return nil, err
+		}
+		return newWorker(opts, w, gen), nil
 	}
 	hasParent := os.Getenv(tableflipParentEnv) != ""
 	if !hasParent && opts.PIDFile != "" {
@@ -159,6 +202,7 @@ func New(opts Options) (*Upgrader, error) {
 		parent:  make(chan struct{}),
 		force:   make(chan struct{}),
 		drainSt: newDrainState(),
+		abort:   make(chan struct{}),
 	}
 	u.phase.Store("starting")
 	if err := u.loadState(); err != nil {
@@ -248,7 +292,7 @@ func checkNotRunning(pidFile string, log *slog.Logger) error {
 func (u *Upgrader) Generation() int { return u.gen }
 
 // HasParent reports whether this generation was started by an upgrade.
-func (u *Upgrader) HasParent() bool { return u.tf.HasParent() }
+func (u *Upgrader) HasParent() bool { return u.tf != nil && u.tf.HasParent() }
 
 // Logger returns the logger of this generation: the Options' logger with
 // pid and generation. Use it for the application's own lines, e.g. with
@@ -274,13 +318,25 @@ func (u *Upgrader) listen(network, addr string) (net.Listener, error) {
 // Listen returns a listener inherited from the previous generation, or
 // creates it. Call it before Serve, for every listener the service needs.
 func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
-	ln, err := u.listen(network, addr)
+	var ln net.Listener
+	var err error
+	if u.worker != nil {
+		ln, err = u.worker.listen(network, addr)
+		if err != nil {
+			err = fmt.Errorf("upgrader: listen on %s %s: %w", network, addr, err)
+		}
+	} else {
+		ln, err = u.listen(network, addr)
+	}
 	if err != nil {
 		return nil, err
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.lns = append(u.lns, ln)
+	if f, ok := ln.(interface{ File() (*os.File, error) }); ok {
+		u.socks = append(u.socks, sockRef{fdName(network, addr), f})
+	}
 	u.addrs = append(u.addrs, network+"://"+ln.Addr().String())
 	return ln, nil
 }
@@ -288,11 +344,13 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 // ListenPacket returns a packet conn inherited from the previous
 // generation, or creates it. Call it before Serve.
 func (u *Upgrader) ListenPacket(network, addr string) (net.PacketConn, error) {
-	if err := u.claim(network, addr); err != nil {
+	var pc net.PacketConn
+	var err error
+	if u.worker != nil {
+		pc, err = u.worker.listenPacket(network, addr)
+	} else if err = u.claim(network, addr); err != nil {
 		return nil, err
-	}
-	pc, err := u.activatedPacketConn(network, addr)
-	if err == nil && pc == nil {
+	} else if pc, err = u.activatedPacketConn(network, addr); err == nil && pc == nil {
 		pc, err = u.tf.ListenPacket(network, addr)
 	}
 	if err != nil {
@@ -301,6 +359,9 @@ func (u *Upgrader) ListenPacket(network, addr string) (net.PacketConn, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.pcs = append(u.pcs, pc)
+	if f, ok := pc.(interface{ File() (*os.File, error) }); ok {
+		u.socks = append(u.socks, sockRef{fdName(network, addr), f})
+	}
 	u.addrs = append(u.addrs, network+"://"+pc.LocalAddr().String())
 	return pc, nil
 }
@@ -326,10 +387,52 @@ func (u *Upgrader) Ready() <-chan struct{} { return u.ready }
 
 // Stop ends this generation gracefully: a running upgrade is abandoned and
 // Serve drains the pool and returns. It is safe to call more than once.
-func (u *Upgrader) Stop() { u.tf.Stop() }
+func (u *Upgrader) Stop() {
+	if u.worker != nil {
+		u.worker.stop()
+		return
+	}
+	u.readyMu.Lock()
+	defer u.readyMu.Unlock()
+	select {
+	case <-u.ready:
+	default:
+		if u.HasParent() {
+			// A new generation that gives up before it is ready must not
+			// call tableflip's Stop: it would unlink the unix sockets it
+			// inherited (the control socket among them), which the
+			// previous generation goes on serving.
+			u.abortOnce.Do(func() { close(u.abort) })
+			return
+		}
+	}
+	u.tf.Stop()
+}
+
+// exit is closed when this generation stops serving: after an upgrade, a
+// stop, or an abort before ready.
+func (u *Upgrader) exit() <-chan struct{} {
+	c := make(chan struct{})
+	go func() {
+		select {
+		case <-u.tf.Exit():
+		case <-u.abort:
+		}
+		close(c)
+	}()
+	return c
+}
 
 // markReady publishes this generation once its pool is ready.
 func (u *Upgrader) markReady() error {
+	u.readyMu.Lock()
+	defer u.readyMu.Unlock()
+	select {
+	case <-u.abort:
+		return nil // stopped before ready
+	default:
+	}
+	u.publishWorkers(true)
 	if u.opts.PIDFile != "" {
 		if err := WritePIDFile(u.opts.PIDFile, os.Getpid()); err != nil {
 			return err
@@ -390,6 +493,9 @@ func (u *Upgrader) Upgrade(ctx context.Context) (UpgradeResult, error) {
 func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string)) (UpgradeResult, error) {
 	res := UpgradeResult{OldPID: os.Getpid()}
 	if !u.upgrading.CompareAndSwap(false, true) {
+		if u.rolling.Load() {
+			return res, ErrRollInProgress
+		}
 		return res, ErrUpgradeInProgress
 	}
 	defer u.upgrading.Store(false)
@@ -427,6 +533,7 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	u.phaseMu.Lock()
 	u.phase.Store("upgrading")
 	u.sdReloading()
+	u.publishWorkers(false)
 	err := u.tf.Upgrade()
 	took := time.Since(start)
 	if err == nil {
@@ -435,6 +542,7 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	result, err := u.explain(err, took)
 	if err != nil && !errors.Is(err, ErrStopping) {
 		u.phase.Store("ready")
+		u.publishWorkers(true)
 	}
 	u.phaseMu.Unlock()
 	if err != nil {

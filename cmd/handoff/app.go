@@ -100,6 +100,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Action:    stop,
 			},
 			verifyCommand(),
+			restartWorkersCommand(),
 		},
 	}
 	for _, c := range app.Commands {
@@ -118,6 +119,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			return action(c)
 		}
 	}
+	app.Commands = append(app.Commands, runCommand())
 	app.Action = func(c *cli.Context) error {
 		if c.NArg() > 0 {
 			return usageError{fmt.Errorf("unknown command %q", c.Args().First())}

@@ -59,7 +59,10 @@ func run(args []string) error {
 	fs.SetOutput(io.Discard)
 	listen := fs.String("listen", "127.0.0.1:8080", "`address` to serve HTTP on; systemd:NAME takes the socket systemd passed with that FileDescriptorName=")
 	pidfile := fs.String("pidfile", "run/hello.pid", "PID file `path`; the control socket is next to it")
-	workers := fs.Int("workers", runtime.GOMAXPROCS(0), "worker goroutines")
+	workers := fs.Int("workers", runtime.GOMAXPROCS(0), "workers: goroutines, or processes with --worker-mode process")
+	workerMode := fs.String("worker-mode", string(upgrader.GoroutineWorkers), "`mode` of the workers: goroutine or process")
+	workersPIDFile := fs.String("workers-pidfile", "", "worker PID file `path` in process mode (default: the PID file's with .workers.pid)")
+	ready := fs.String("ready", "notify", "how a worker process tells it is ready: notify or delay:DUR")
 	upgradeTimeout := fs.Duration("upgrade-timeout", upgrader.DefaultUpgradeTimeout, "how long a new generation may take to be ready")
 	drainTimeout := fs.Duration("drain-timeout", upgrader.DefaultDrainTimeout, "how long the old generation may take to finish its requests")
 	logFormat := fs.String("log-format", "text", "log `format`: text or json")
@@ -85,6 +88,12 @@ func run(args []string) error {
 		return usageError{fmt.Errorf("invalid value %s for flag -upgrade-timeout: must be positive", *upgradeTimeout)}
 	case *drainTimeout <= 0:
 		return usageError{fmt.Errorf("invalid value %s for flag -drain-timeout: must be positive", *drainTimeout)}
+	case *workerMode != string(upgrader.GoroutineWorkers) && *workerMode != string(upgrader.ProcessWorkers):
+		return usageError{fmt.Errorf("invalid value %q for flag -worker-mode: want goroutine or process", *workerMode)}
+	}
+	readyDelay, err := upgrader.ParseReady(*ready)
+	if err != nil {
+		return usageError{fmt.Errorf("flag -ready: %w", err)}
 	}
 	log, err := logging.New(os.Stderr, *logFormat, *logLevel)
 	if err != nil {
@@ -102,11 +111,14 @@ func run(args []string) error {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	opts := upgrader.Options{
-		PIDFile:        *pidfile,
-		Workers:        *workers,
-		UpgradeTimeout: *upgradeTimeout,
-		DrainTimeout:   *drainTimeout,
-		Version:        buildVersion(),
+		PIDFile:          *pidfile,
+		Workers:          *workers,
+		UpgradeTimeout:   *upgradeTimeout,
+		DrainTimeout:     *drainTimeout,
+		Version:          buildVersion(),
+		WorkerMode:       upgrader.WorkerMode(*workerMode),
+		WorkersPIDFile:   *workersPIDFile,
+		WorkerReadyDelay: readyDelay,
 	}
 	if reg != nil {
 		opts.Metrics = reg

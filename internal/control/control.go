@@ -29,6 +29,8 @@ const (
 	CmdUpgrade = "upgrade"
 	CmdStatus  = "status"
 	CmdStop    = "stop"
+	// CmdRestartWorkers is a rolling restart of the worker processes.
+	CmdRestartWorkers = "restart-workers"
 )
 
 // MaxRequestSize bounds a request line; longer requests are refused.
@@ -113,7 +115,7 @@ func ParseRequest(line []byte) (Request, error) {
 		return req, errors.New("decode request: trailing data")
 	}
 	switch req.Cmd {
-	case CmdUpgrade, CmdStatus, CmdStop:
+	case CmdUpgrade, CmdStatus, CmdStop, CmdRestartWorkers:
 		return req, nil
 	case "":
 		return req, errors.New("request has no cmd")

@@ -1,0 +1,8 @@
+package upgrader
+
+import "os"
+
+// takeLifeline: worker processes do not run on Windows.
+func takeLifeline() (*os.File, error) { return nil, nil }
+
+func markCloseOnExec() {}
