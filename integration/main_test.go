@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gohandoff/handoff/internal/proc"
 	"github.com/gohandoff/handoff/upgrader"
 )
 
@@ -66,11 +67,14 @@ func TestMain(m *testing.M) {
 }
 
 // deadline returns the test's deadline less a margin, or a minute away.
+// A wait is bounded by 2 minutes too, so that a hang fails its test
+// instead of eating the whole suite's time.
 func deadline(t *testing.T) time.Time {
-	if d, ok := t.Deadline(); ok {
+	end := time.Now().Add(2 * time.Minute)
+	if d, ok := t.Deadline(); ok && d.Add(-10*time.Second).Before(end) {
 		return d.Add(-10 * time.Second)
 	}
-	return time.Now().Add(time.Minute)
+	return end
 }
 
 // install copies src to dst atomically (temporary file, then rename), as
@@ -99,8 +103,9 @@ func installBytes(t *testing.T, b []byte, dst string) {
 // logWatch collects a service's output, shared by all its generations,
 // and lets a test wait for a line.
 type logWatch struct {
-	mu    sync.Mutex
-	lines []string
+	mu     sync.Mutex
+	lines  []string
+	failed string // set by fail: waits give up with this reason
 	cond  chan struct{} // closed and replaced on every new line
 }
 
@@ -118,6 +123,16 @@ func newLogWatch(r io.Reader) *logWatch {
 		}
 	}()
 	return lw
+}
+
+// fail makes every wait give up with reason, e.g. when the process that
+// was to log the line has exited.
+func (lw *logWatch) fail(reason string) {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	lw.failed = reason
+	close(lw.cond)
+	lw.cond = make(chan struct{})
 }
 
 func (lw *logWatch) String() string {
@@ -140,8 +155,11 @@ func (lw *logWatch) waitFor(t *testing.T, from int, parts ...string) int {
 				return i
 			}
 		}
-		c := lw.cond
+		c, failed := lw.cond, lw.failed
 		lw.mu.Unlock()
+		if failed != "" {
+			t.Fatalf("no log line with %q: %s; log:\n%s", parts, failed, lw)
+		}
 		select {
 		case <-c:
 		case <-timer.C:
@@ -241,7 +259,16 @@ func (s *service) start(args ...string) {
 			t.Logf("service log:\n%s", s.log)
 		}
 	})
+	ready := make(chan struct{})
+	go func() {
+		select {
+		case <-waited:
+			s.log.fail(fmt.Sprintf("%s exited before it was ready: %v", filepath.Base(s.exe), s.cmd.ProcessState))
+		case <-ready:
+		}
+	}()
 	s.log.waitFor(t, 0, "msg=ready", "generation=1")
+	close(ready)
 }
 
 // pids lists the live (not zombie) processes started from s.exe.
@@ -292,14 +319,7 @@ func (s *service) killAll() {
 }
 
 // alive reports whether pid is a live process, not a zombie.
-func alive(pid int) bool {
-	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(stat, ')')
-	return i > 0 && len(stat) > i+2 && stat[i+2] != 'Z'
-}
+func alive(pid int) bool { return proc.Alive(pid) }
 
 // pid reads the PID file.
 func (s *service) pid() int {

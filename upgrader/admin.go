@@ -63,4 +63,3 @@ func (u *Upgrader) startAdminLocked() []*pool {
 	}
 	return pools
 }
-

@@ -127,7 +127,7 @@ type procPool struct {
 	procs   map[*workerProc]struct{}
 	nready  int
 	killed  int64 // workers killed at the drain timeout
-	publish bool // write the workers PID file
+	publish bool  // write the workers PID file
 	rolling bool
 }
 

@@ -18,9 +18,3 @@ var (
 func isUpgradeSignal(sig os.Signal) bool { return sig == syscall.SIGHUP }
 
 func isRollSignal(sig os.Signal) bool { return sig == syscall.SIGUSR2 }
-
-// processAlive reports whether a process with pid exists.
-func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || err == syscall.EPERM
-}

@@ -16,12 +16,3 @@ var (
 func isUpgradeSignal(os.Signal) bool { return false }
 
 func isRollSignal(os.Signal) bool { return false }
-
-func processAlive(pid int) bool {
-	p, err := os.FindProcess(pid)
-	if err != nil {
-		return false
-	}
-	p.Release()
-	return true
-}

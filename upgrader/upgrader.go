@@ -16,6 +16,7 @@ import (
 
 	"github.com/cloudflare/tableflip"
 	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/internal/proc"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -277,7 +278,7 @@ func checkNotRunning(pidFile string, log *slog.Logger) error {
 		return nil
 	}
 	for _, pid := range pids {
-		if pid != os.Getpid() && processAlive(pid) {
+		if pid != os.Getpid() && proc.Alive(pid) {
 			return fmt.Errorf("upgrader: already running as pid %d (pid file %s)", pid, pidFile)
 		}
 	}

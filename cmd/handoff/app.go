@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/internal/proc"
 	"github.com/gohandoff/handoff/upgrader"
 	"github.com/urfave/cli/v2"
 )
@@ -249,7 +250,7 @@ func stop(c *cli.Context) error {
 	deadline := time.Now().Add(c.Duration("timeout"))
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for !processGone(pid) {
+	for proc.Alive(pid) {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("pid %d still running after %s", pid, c.Duration("timeout"))
 		}

@@ -1,5 +1,6 @@
-// Package proc watches processes that are not children of the caller: the
-// benchmark and `handoff verify` use it to time an old generation's exit.
+// Package proc watches processes that are not children of the caller:
+// the upgrader checks a PID file's process, the CLI and the benchmark wait
+// for an old generation's exit.
 package proc
 
 import (

@@ -1,8 +1,11 @@
 package proc
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,4 +35,14 @@ func waitPidfd(ctx context.Context, pid int) (bool, error) {
 			return true, ctx.Err()
 		}
 	}
+}
+
+// zombie reports whether pid has exited and waits to be reaped.
+func zombie(pid int) bool {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	return i > 0 && len(stat) > i+2 && stat[i+2] == 'Z'
 }
