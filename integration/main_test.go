@@ -107,6 +107,9 @@ type logWatch struct {
 func newLogWatch(r io.Reader) *logWatch {
 	lw := &logWatch{cond: make(chan struct{})}
 	go func() {
+		if c, ok := r.(io.Closer); ok {
+			defer c.Close()
+		}
 		sc := bufio.NewScanner(r)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
@@ -174,6 +177,10 @@ type service struct {
 	addr    string
 	log     *logWatch
 	cmd     *exec.Cmd
+	env     []string      // environment of the first process; nil: the test's
+	wrap    []string      // command that runs the first process, if any
+	exited  chan struct{} // closed when the first process has exited
+	waitErr error         // its exit status, once exited is closed
 }
 
 // freeAddr returns a free 127.0.0.1 port.
@@ -190,33 +197,61 @@ func freeAddr(t *testing.T) string {
 // startHello installs bin as dir/hello, starts it and waits until ready.
 func startHello(t *testing.T, bin string, args ...string) *service {
 	t.Helper()
-	dir := t.TempDir()
-	s := &service{t: t, dir: dir, exe: filepath.Join(dir, "hello"), pidfile: filepath.Join(dir, "run", "hello.pid"), addr: freeAddr(t)}
-	install(t, bin, s.exe)
-	args = append([]string{"--listen", s.addr, "--pidfile", s.pidfile}, args...)
-	s.cmd = exec.Command(s.exe, args...)
-	s.cmd.Dir = dir
-	pr, pw := io.Pipe()
-	s.cmd.Stdout, s.cmd.Stderr = pw, pw
-	s.log = newLogWatch(pr)
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waited := make(chan struct{})
-	go func() { s.cmd.Wait(); close(waited) }()
-	t.Cleanup(func() {
-		s.killAll()
-		<-waited
-		pw.Close()
-		if t.Failed() {
-			t.Logf("service log:\n%s", s.log)
-		}
-	})
+	s := newService(t, bin, "hello")
+	s.start(args...)
 	s.log.waitFor(t, 0, "msg=ready", "generation=1")
 	return s
 }
 
-// pids lists the live (not zombie) processes started from s.exe.
+// newService installs bin as dir/name, with a PID file path and a free
+// address of its own; start runs it.
+func newService(t *testing.T, bin, name string) *service {
+	t.Helper()
+	dir := t.TempDir()
+	s := &service{t: t, dir: dir, exe: filepath.Join(dir, name), pidfile: filepath.Join(dir, "run", name+".pid"), addr: freeAddr(t)}
+	install(t, bin, s.exe)
+	return s
+}
+
+// start runs the service's first process with --listen, --pidfile and
+// args, its output collected in s.log. s.env, if set, is its environment
+// and s.wrap a command that runs it (such as setpriv). Cleanup kills every
+// process of the service.
+func (s *service) start(args ...string) {
+	t := s.t
+	t.Helper()
+	args = append([]string{s.exe, "--listen", s.addr, "--pidfile", s.pidfile}, args...)
+	args = append(append([]string(nil), s.wrap...), args...)
+	s.cmd = exec.Command(args[0], args[1:]...)
+	s.cmd.Dir = s.dir
+	s.cmd.Env = s.env
+	// An os.Pipe, not an io.Writer, so that Wait returns when the first
+	// process exits although later generations still hold the pipe.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.cmd.Stdout, s.cmd.Stderr = pw, pw
+	err = s.cmd.Start()
+	pw.Close()
+	if err != nil {
+		pr.Close()
+		t.Fatal(err)
+	}
+	s.log = newLogWatch(pr)
+	s.exited = make(chan struct{})
+	go func() { s.waitErr = s.cmd.Wait(); close(s.exited) }()
+	t.Cleanup(func() {
+		s.killAll()
+		<-s.exited
+		if t.Failed() {
+			t.Logf("service log:\n%s", s.log)
+		}
+	})
+}
+
+// pids lists the live (not zombie) processes started from s.exe, a
+// script installed there included.
 func (s *service) pids() []int {
 	return processesOf(s.exe)
 }
@@ -233,8 +268,9 @@ func processesOf(exe string) []int {
 		if err != nil {
 			continue
 		}
-		argv0, _, _ := bytes.Cut(cmdline, []byte{0})
-		if string(argv0) != exe {
+		// exe itself, or a script at exe run by its interpreter.
+		argv := bytes.SplitN(cmdline, []byte{0}, 3)
+		if string(argv[0]) != exe && (len(argv) < 2 || string(argv[1]) != exe) {
 			continue
 		}
 		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))

@@ -98,11 +98,18 @@ func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 		ctx, cancel := context.WithTimeout(context.Background(), u.opts.DrainTimeout+u.opts.UpgradeTimeout)
 		defer cancel()
 		res, err := u.upgrade(ctx, func(step, msg string) { w.Progress(step, msg) })
-		w.Final(control.Message{Upgrade: &res}, err)
+		m := control.Message{Upgrade: &res}
+		var ue *UpgradeError
+		if errors.As(err, &ue) {
+			m.Stderr = ue.Stderr
+		}
+		w.Final(m, err)
 	case control.CmdStop:
-		u.log.Info("stop requested", "via", "control socket")
-		u.Stop()
-		w.Progress("stop", fmt.Sprintf("pid %d draining, timeout %s", os.Getpid(), u.opts.DrainTimeout))
+		if u.requestStop("via", "control socket") {
+			w.Progress("stop", fmt.Sprintf("pid %d draining, timeout %s", os.Getpid(), u.opts.DrainTimeout))
+		} else {
+			w.Progress("stop", fmt.Sprintf("pid %d stops once the upgrade in progress has ended, with the new generation", os.Getpid()))
+		}
 		w.Final(control.Message{Status: u.status()}, nil)
 	}
 }

@@ -25,7 +25,11 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 		u.mu.Unlock()
 		return errors.New("upgrader: Serve called twice")
 	}
-	p := newPool(u.opts.Workers, fn, u.lns, u.pcs, u.log)
+	var gate <-chan struct{}
+	if u.HasParent() {
+		gate = u.gate
+	}
+	p := newPool(u.opts.Workers, fn, u.lns, u.pcs, u.log, gate)
 	u.pool = p
 	u.mu.Unlock()
 	p.start()
@@ -34,7 +38,7 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 	// The generation ends after an upgrade or a stop: drain, then return.
 	{
 		g.Add(func() error {
-			<-u.tf.Exit()
+			<-u.exit
 			u.closeControl()
 			return u.drain(p)
 		}, func(error) {
@@ -118,21 +122,23 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), u.opts.DrainTimeout+u.opts.UpgradeTimeout)
 			defer cancel()
-			if _, err := u.Upgrade(ctx); err != nil && !errors.Is(err, ErrUpgradeInProgress) {
-				return // logged by upgrade
-			} else if err != nil {
+			_, err := u.Upgrade(ctx)
+			var ue *UpgradeError
+			switch {
+			case errors.Is(err, ErrUpgradeInProgress):
 				u.log.Warn("upgrade already in progress, signal ignored", "signal", sig.String())
+			case err != nil && !errors.As(err, &ue):
+				u.log.Warn("upgrade refused, signal ignored", "signal", sig.String(), "err", err)
 			}
 		}()
 		return
 	}
 	select {
-	case <-u.tf.Exit():
+	case <-u.exit:
 		u.log.Warn("second stop signal, cutting the drain short", "signal", sig.String())
 		u.forceOnce.Do(func() { close(u.force) })
 	default:
-		u.log.Info("stopping", "signal", sig.String())
-		u.Stop()
+		u.requestStop("signal", sig.String())
 	}
 }
 

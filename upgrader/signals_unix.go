@@ -19,3 +19,6 @@ func processAlive(pid int) bool {
 	err := syscall.Kill(pid, 0)
 	return err == nil || err == syscall.EPERM
 }
+
+// terminate asks the process pid to stop gracefully.
+func terminate(pid int) error { return syscall.Kill(pid, syscall.SIGTERM) }

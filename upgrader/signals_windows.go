@@ -2,7 +2,10 @@
 
 package upgrader
 
-import "os"
+import (
+	"errors"
+	"os"
+)
 
 // Windows has no SIGHUP: a service there builds and serves, but cannot
 // upgrade.
@@ -21,3 +24,6 @@ func processAlive(pid int) bool {
 	p.Release()
 	return true
 }
+
+// terminate is not needed on Windows, where a service cannot upgrade.
+func terminate(int) error { return errors.New("not supported on windows") }

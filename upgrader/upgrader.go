@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -39,6 +40,22 @@ var (
 	// ErrNotReady: this generation has not reported ready yet.
 	ErrNotReady = errors.New("upgrader: not ready yet")
 )
+
+// UpgradeError is returned by Upgrade when the new generation could not
+// be started, exited or was killed before it was ready. The generation
+// that tried goes on serving.
+type UpgradeError struct {
+	// Err says why in one line: the new generation's exit status, the
+	// upgrade timeout, or why it could not be started.
+	Err error
+	// Stderr holds the new generation's last lines of stderr, at most
+	// StderrTailLines.
+	Stderr []string
+}
+
+func (e *UpgradeError) Error() string { return e.Err.Error() }
+
+func (e *UpgradeError) Unwrap() error { return e.Err }
 
 // Options control an Upgrader. The zero value works: no PID file, no
 // control socket, GOMAXPROCS workers and the default timeouts.
@@ -85,8 +102,15 @@ type Upgrader struct {
 	phase     atomic.Value // string
 	ready     chan struct{}
 	parent    chan struct{} // closed when the previous generation has exited
+	exit      chan struct{} // closed when this generation must drain and exit
+	abort     chan struct{} // closed when a new generation stops before it is ready
+	abortOnce sync.Once
+	gate      chan struct{} // closed once ready; see gatedListener
 	force     chan struct{}
 	forceOnce sync.Once
+
+	realStderr  *os.File // a new generation's stderr until restoreStderr
+	relayStderr bool     // the next generation gets the real stderr to restore
 
 	mu        sync.Mutex
 	lns       []net.Listener
@@ -95,6 +119,9 @@ type Upgrader struct {
 	ctlLn     net.Listener
 	pool      *pool
 	lastError string
+	isReady   bool // markReady has reported ready
+	readyAt   time.Time
+	stopAfter bool // a stop was asked during the upgrade in progress
 }
 
 // New starts a generation. In the first process of a service it checks
@@ -141,14 +168,25 @@ func New(opts Options) (*Upgrader, error) {
 		started: time.Now(),
 		ready:   make(chan struct{}),
 		parent:  make(chan struct{}),
+		exit:    make(chan struct{}),
+		abort:   make(chan struct{}),
+		gate:    make(chan struct{}),
 		force:   make(chan struct{}),
 	}
+	go func() {
+		defer close(u.exit)
+		select {
+		case <-tf.Exit():
+		case <-u.abort:
+		}
+	}()
 	u.phase.Store("starting")
 	if err := u.loadState(); err != nil {
 		tf.Stop()
 		return nil, err
 	}
 	u.log = opts.Logger.With("pid", os.Getpid(), "generation", u.gen)
+	u.inheritStderr()
 	if u.ppid != 0 {
 		u.log.Info("new generation starting", "parent_pid", u.ppid, "version", opts.Version)
 		go u.watchParent()
@@ -252,11 +290,32 @@ func (u *Upgrader) ListenPacket(network, addr string) (net.PacketConn, error) {
 func (u *Upgrader) Ready() <-chan struct{} { return u.ready }
 
 // Stop ends this generation gracefully: a running upgrade is abandoned and
-// Serve drains the pool and returns. It is safe to call more than once.
-func (u *Upgrader) Stop() { u.tf.Stop() }
+// Serve drains the pool and returns. Stop returns once the sockets this
+// process must clean up (its unix sockets, unless a new generation took
+// them over) are removed. It is safe to call more than once.
+func (u *Upgrader) Stop() {
+	u.mu.Lock()
+	if u.ppid != 0 && !u.isReady {
+		// tableflip would unlink the unix sockets this new generation
+		// inherited, the control socket among them, while the previous
+		// generation goes on serving on them: leave them to the OS,
+		// which closes them when this process exits.
+		u.abortOnce.Do(func() { close(u.abort) })
+		u.mu.Unlock()
+		return
+	}
+	u.tf.Stop()
+	u.mu.Unlock()
+	<-u.tf.Exit()
+}
 
 // markReady publishes this generation once its pool is ready.
 func (u *Upgrader) markReady() error {
+	select {
+	case <-u.abort:
+		return ErrStopping
+	default:
+	}
 	if u.opts.PIDFile != "" {
 		if err := WritePIDFile(u.opts.PIDFile, os.Getpid()); err != nil {
 			return err
@@ -266,11 +325,22 @@ func (u *Upgrader) markReady() error {
 	if err != nil {
 		return err
 	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	select {
+	case <-u.abort:
+		return ErrStopping
+	default:
+	}
+	u.restoreStderr()
 	if err := u.tf.Ready(); err != nil {
 		return fmt.Errorf("upgrader: report ready to parent pid %d: %w", u.ppid, err)
 	}
+	u.isReady = true
+	u.readyAt = time.Now()
 	u.phase.Store("ready")
 	close(u.ready)
+	close(u.gate)
 	u.log.Info("ready", "addrs", strings.Join(u.addrs, ","), "workers", u.opts.Workers, "startup", time.Since(u.started).Round(time.Millisecond))
 	return nil
 }
@@ -306,7 +376,7 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	}
 	defer u.upgrading.Store(false)
 	select {
-	case <-u.tf.Exit():
+	case <-u.exit:
 		if u.phase.Load() == "draining" {
 			return res, ErrUpgraded
 		}
@@ -318,10 +388,13 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	select {
 	case <-u.parent:
 	default:
-		progress("wait", fmt.Sprintf("previous generation pid %d is still draining, waiting", u.ppid))
-		u.log.Info("upgrade waits for previous generation to drain", "parent_pid", u.ppid)
+		left := max(u.opts.DrainTimeout-time.Since(u.readyAt), 0).Round(time.Second)
+		progress("wait", fmt.Sprintf("previous generation pid %d is still draining (drain timeout: %s left at most); the upgrade starts once it has exited", u.ppid, left))
+		u.log.Info("upgrade waits for previous generation to drain", "parent_pid", u.ppid, "left", left)
 		select {
 		case <-u.parent:
+		case <-u.exit:
+			return res, ErrStopping
 		case <-ctx.Done():
 			return res, fmt.Errorf("upgrader: previous generation pid %d still draining: %w", u.ppid, ctx.Err())
 		}
@@ -333,19 +406,31 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	exe := os.Args[0]
 	progress("start", "starting new generation from "+exe)
 	u.log.Info("upgrade starting", "exe", exe)
-	u.phase.Store("upgrading")
+	u.setPhase("upgrading")
+	relay := u.captureStderr()
 	err := u.tf.Upgrade()
+	tail := relay.finish(err != nil)
 	took := time.Since(start)
+	phase := "draining"
 	if err != nil {
-		u.phase.Store("ready")
-		err = u.explain(err, took)
+		phase = "ready"
+	}
+	stopAfter := u.setPhase(phase)
+	if err != nil {
+		err = u.explain(err, took, tail)
+		var ue *UpgradeError
+		if errors.As(err, &ue) {
+			u.reclaimPIDFile()
+		}
 		u.mu.Lock()
 		u.lastError = err.Error()
 		u.mu.Unlock()
 		u.log.Error("upgrade failed, this generation goes on serving", "err", err, "duration", took.Round(time.Millisecond))
+		if stopAfter {
+			u.Stop()
+		}
 		return res, err
 	}
-	u.phase.Store("draining")
 	st, serr := u.state.read()
 	if serr != nil {
 		u.log.Warn("new generation ready but its state is unreadable", "err", serr)
@@ -353,25 +438,111 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	res.NewPID, res.Generation, res.Version, res.Duration = st.PID, st.Generation, st.Version, took
 	u.log.Info("upgrade done, draining", "new_pid", st.PID, "new_generation", st.Generation, "duration", took.Round(time.Millisecond))
 	progress("ready", fmt.Sprintf("new generation pid %d ready in %d ms", st.PID, took.Milliseconds()))
+	if stopAfter && st.PID > 0 {
+		u.log.Info("stopping the new generation too, as asked during the upgrade", "new_pid", st.PID)
+		if err := terminate(st.PID); err != nil {
+			u.log.Error("cannot stop the new generation", "new_pid", st.PID, "err", err)
+		}
+	}
 	return res, nil
 }
 
-// explain turns tableflip's errors into an operator's message.
-func (u *Upgrader) explain(err error, took time.Duration) error {
-	msg := err.Error()
-	switch {
-	case strings.Contains(msg, "timed out"):
-		return fmt.Errorf("upgrader: upgrade failed: new generation not ready within the upgrade timeout of %s, killed (%s)", u.opts.UpgradeTimeout, msg)
-	case strings.Contains(msg, "exited"):
-		return fmt.Errorf("upgrader: upgrade failed: new generation exited before ready after %s (%s)", took.Round(time.Millisecond), msg)
-	case msg == "terminating":
-		return ErrStopping
-	case msg == "upgrade in progress":
-		return ErrUpgradeInProgress
-	case msg == "already upgraded":
-		return ErrUpgraded
+// setPhase sets the phase and, leaving "upgrading", reports (and forgets)
+// whether a stop was asked during the upgrade.
+func (u *Upgrader) setPhase(phase string) (stopAfter bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.phase.Store(phase)
+	stopAfter, u.stopAfter = u.stopAfter, false
+	return stopAfter
+}
+
+// requestStop stops this generation gracefully, as SIGTERM and the control
+// socket ask; by says how, as a log key and value. During an upgrade it
+// only notes the request and returns false: the upgrade ends first, so
+// that a new generation is never killed once it may serve, and then both
+// generations drain and exit. A second request during the upgrade
+// abandons it.
+func (u *Upgrader) requestStop(by ...any) (now bool) {
+	u.mu.Lock()
+	if u.phase.Load() == "upgrading" && !u.stopAfter {
+		u.stopAfter = true
+		u.mu.Unlock()
+		u.log.Info("stop requested during an upgrade: both generations stop once it has ended", by...)
+		return false
 	}
-	return fmt.Errorf("upgrader: upgrade failed: %w", err)
+	u.mu.Unlock()
+	u.log.Info("stopping", by...)
+	u.Stop()
+	return true
+}
+
+// reclaimPIDFile writes this process's pid back into the PID file after a
+// failed upgrade, in case the new generation wrote its own and then died.
+func (u *Upgrader) reclaimPIDFile() {
+	if u.opts.PIDFile == "" {
+		return
+	}
+	if pids, err := ReadPIDFile(u.opts.PIDFile); err == nil && len(pids) == 1 && pids[0] == os.Getpid() {
+		return
+	}
+	if err := WritePIDFile(u.opts.PIDFile, os.Getpid()); err != nil {
+		u.log.Error("pid file does not name the serving generation and cannot be rewritten", "err", err)
+		return
+	}
+	u.log.Warn("pid file rewritten with the serving generation's pid", "path", u.opts.PIDFile)
+}
+
+// childRe matches tableflip's errors about the new process.
+var childRe = regexp.MustCompile(`^(?:new )?child pid=(\d+) (exited|timed out)(?:: (.*))?$`)
+
+// explain turns tableflip's errors into an operator's message: a one-line
+// *UpgradeError when the new generation failed, with its last lines of
+// stderr, or one of the sentinel errors.
+func (u *Upgrader) explain(err error, took time.Duration, tail []string) error {
+	msg := err.Error()
+	switch msg {
+	case "terminating":
+		return ErrStopping
+	case "upgrade in progress":
+		return ErrUpgradeInProgress
+	case "already upgraded":
+		return ErrUpgraded
+	case "process is not ready yet":
+		return ErrNotReady
+	}
+	took = took.Round(time.Millisecond)
+	var why error
+	if m := childRe.FindStringSubmatch(msg); m != nil {
+		pid, status := m[1], m[3]
+		switch {
+		case m[2] == "timed out":
+			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s timed out: not ready within the upgrade timeout of %s, killed", pid, u.opts.UpgradeTimeout)
+		case status == "":
+			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s exited with exit status 0 before it was ready, after %s", pid, took)
+		case strings.HasPrefix(status, "signal: "):
+			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s was killed by %s before it was ready, after %s", pid, status, took)
+		default:
+			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s exited with %s before it was ready, after %s", pid, status, took)
+		}
+	} else if cause, ok := strings.CutPrefix(msg, "can't start child: can't start process "+os.Args[0]+": "); ok {
+		cause = strings.TrimPrefix(cause, fmt.Sprintf("exec: %q: ", os.Args[0]))
+		why = fmt.Errorf("upgrader: upgrade failed: cannot start the new generation from %s: %s%s", os.Args[0], cause, execHint(cause))
+	} else {
+		why = fmt.Errorf("upgrader: upgrade failed: %w", err)
+	}
+	return &UpgradeError{Err: why, Stderr: tail}
+}
+
+// execHint says in words what an exec error usually means.
+func execHint(cause string) string {
+	switch {
+	case strings.HasSuffix(cause, "exec format error"):
+		return " (not an executable for this machine: built for another architecture, truncated or corrupt)"
+	case strings.HasSuffix(cause, "permission denied"):
+		return " (the file is not executable)"
+	}
+	return ""
 }
 
 // Status returns a snapshot of this generation.

@@ -7,15 +7,18 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"time"
 
 	"github.com/gohandoff/handoff/internal/logging"
@@ -61,6 +64,8 @@ func run(args []string) error {
 	drainTimeout := fs.Duration("drain-timeout", upgrader.DefaultDrainTimeout, "how long the old generation may take to finish its requests")
 	logFormat := fs.String("log-format", "text", "log `format`: text or json")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
+	tlsCert := fs.String("tls-cert", "", "serve HTTPS and HTTP/2 with the PEM certificate chain in this `file` (with --tls-key)")
+	tlsKey := fs.String("tls-key", "", "PEM private key `file` of --tls-cert")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -74,7 +79,12 @@ func run(args []string) error {
 	if fs.NArg() > 0 {
 		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
+	if err := checkListen(*listen); err != nil {
+		return usageError{fmt.Errorf("invalid value %q for flag -listen: %w", *listen, err)}
+	}
 	switch {
+	case (*tlsCert == "") != (*tlsKey == ""):
+		return usageError{errors.New("flags -tls-cert and -tls-key go together")}
 	case *workers < 1:
 		return usageError{fmt.Errorf("invalid value %d for flag -workers: must be at least 1", *workers)}
 	case *upgradeTimeout <= 0:
@@ -90,6 +100,15 @@ func run(args []string) error {
 	if *showVersion {
 		fmt.Println(buildVersion())
 		return nil
+	}
+
+	var tlsConfig *tls.Config
+	if *tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+		if err != nil {
+			return usageError{fmt.Errorf("flags -tls-cert/-tls-key: %w", err)}
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
 
 	upg, err := upgrader.New(upgrader.Options{
@@ -108,10 +127,23 @@ func run(args []string) error {
 	}
 	srv := &upgrader.HTTPServer{Server: &http.Server{
 		Handler:           newMux(upg),
+		TLSConfig:         tlsConfig,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(slog.Default().Handler(), slog.LevelWarn),
 	}}
 	return upg.Serve(context.Background(), srv.Worker)
+}
+
+// checkListen checks a host:port address before anything starts.
+func checkListen(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	return nil
 }
 
 func newMux(upg *upgrader.Upgrader) *http.ServeMux {

@@ -39,6 +39,9 @@ type Message struct {
 	Msg     string         `json:"msg,omitempty"`
 	Status  *Status        `json:"status,omitempty"`
 	Upgrade *UpgradeResult `json:"upgrade,omitempty"`
+	// Stderr holds the last lines of stderr of a new generation that
+	// failed before it was ready, on the final message of an upgrade.
+	Stderr []string `json:"stderr,omitempty"`
 }
 
 // UpgradeResult describes a finished upgrade.
