@@ -93,19 +93,40 @@ func (s *service) wantGoodUpgrade() {
 	s.reload()
 }
 
-// Row 2: the new binary hangs before ready.
+// Row 2: the new binary hangs before ready. Either it hangs before it
+// serves at all, or some of its workers serve while one never gets ready:
+// its listeners accept nothing until the whole generation is ready, so
+// killing it loses no connection.
 func TestFaultNewBinaryHangsBeforeReady(t *testing.T) {
 	forEachMode(t, func(t *testing.T, m workerMode) {
-		s := startHello(t, helloV1, append(m.args, "--upgrade-timeout", "2s")...)
-		pid, pidFile := s.pid(), s.pidFileBytes()
-		l := runLoad(t, s, true)
-		installGate(t, s.exe, helloV2) // never opened: the new generation hangs
-		line, errOut := s.reloadFails()
-		wantContains(t, "reason", line, "timed out: not ready within the upgrade timeout of 2s, killed")
-		wantContains(t, "handoff reload's stderr", errOut, "  | gate: waiting")
-		l.advance(1000)
-		l.finish()
-		s.wantUnchanged(pid, pidFile)
+		testsvc := buildBin(t, "integration/testdata/testsvc", "v1")
+		cases := []struct {
+			name, bin string
+			hang      func(s *service)
+			stderr    string
+		}{
+			{"before serving", helloV1, func(s *service) { installGate(t, s.exe, helloV2) }, "  | gate: waiting"},
+			{"one worker never ready", testsvc, func(s *service) {
+				script := fmt.Sprintf("#!/bin/bash\nexec -a \"$0\" %q \"$@\" --hang-worker\n", testsvc)
+				installBytes(t, []byte(script), s.exe)
+			}, "worker hangs before ready"},
+		}
+		for _, c := range cases {
+			t.Run(c.name, func(t *testing.T) {
+				s := newService(t, c.bin, "hello")
+				s.start(append(m.args, "--upgrade-timeout", "2s")...)
+				s.log.waitFor(t, 0, "msg=ready")
+				pid, pidFile := s.pid(), s.pidFileBytes()
+				l := runLoad(t, s, false)
+				c.hang(s)
+				line, errOut := s.reloadFails()
+				wantContains(t, "reason", line, "timed out: not ready within the upgrade timeout of 2s, killed")
+				wantContains(t, "handoff reload's stderr", errOut, c.stderr)
+				l.advance(1000)
+				l.finish()
+				s.wantUnchanged(pid, pidFile)
+			})
+		}
 	})
 }
 

@@ -161,6 +161,13 @@ func New(opts Options) (*Upgrader, error) {
 		return nil, fmt.Errorf("upgrader: %w", err)
 	}
 	os.Unsetenv(tableflipParentEnv)
+	if hasParent {
+		// tableflip's pipes to the parent, fds 3 and 4, are inherited
+		// without close-on-exec; fd 4 stays open until the parent has
+		// exited. Keep them out of processes the application starts.
+		closeOnExec(3)
+		closeOnExec(4)
+	}
 
 	u := &Upgrader{
 		opts:    opts,

@@ -8,6 +8,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Descriptor operations, the OS seam of stderr.go and New.
+
 // dupOnto makes fd a copy of f's descriptor, closing what fd was.
 func dupOnto(f *os.File, fd int) error {
 	raw, err := f.SyscallConn()
