@@ -16,7 +16,7 @@ KEEP      ?= 5
 all: build
 
 build:
-	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/handoff ./examples/hello
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/handoff ./examples/hello ./examples/echo
 
 # The main job: the example server from the `current` release, in the foreground.
 run: build

@@ -13,91 +13,34 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
-	"runtime"
-	"runtime/debug"
-	"strconv"
 	"time"
 
-	"github.com/gohandoff/handoff/internal/logging"
+	"github.com/gohandoff/handoff/internal/servicecli"
 	"github.com/gohandoff/handoff/upgrader"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
 var version = ""
 
-func main() {
-	if err := run(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "hello:", err)
-		var ue usageError
-		if errors.As(err, &ue) {
-			os.Exit(2)
-		}
-		os.Exit(1)
-	}
-}
+func main() { servicecli.Main("hello", run) }
 
-type usageError struct{ error }
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
-}
+func buildVersion() string { return servicecli.Version(version) }
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("hello", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	listen := fs.String("listen", "127.0.0.1:8080", "`address` to serve HTTP on")
-	pidfile := fs.String("pidfile", "run/hello.pid", "PID file `path`; the control socket is next to it")
-	workers := fs.Int("workers", runtime.GOMAXPROCS(0), "worker goroutines")
-	upgradeTimeout := fs.Duration("upgrade-timeout", upgrader.DefaultUpgradeTimeout, "how long a new generation may take to be ready")
-	drainTimeout := fs.Duration("drain-timeout", upgrader.DefaultDrainTimeout, "how long the old generation may take to finish its requests")
-	logFormat := fs.String("log-format", "text", "log `format`: text or json")
-	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
+	f := servicecli.Register(fs, "127.0.0.1:8080", "run/hello.pid")
 	tlsCert := fs.String("tls-cert", "", "serve HTTPS and HTTP/2 with the PEM certificate chain in this `file` (with --tls-key)")
 	tlsKey := fs.String("tls-key", "", "PEM private key `file` of --tls-cert")
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(os.Stdout)
-			fmt.Println("Usage: hello [flags]")
-			fs.PrintDefaults()
-			return err
-		}
-		return usageError{err}
+	if err := f.Parse(args); err != nil {
+		return err
 	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	if (*tlsCert == "") != (*tlsKey == "") {
+		return servicecli.Usage(errors.New("flags -tls-cert and -tls-key go together"))
 	}
-	if err := checkListen(*listen); err != nil {
-		return usageError{fmt.Errorf("invalid value %q for flag -listen: %w", *listen, err)}
-	}
-	switch {
-	case (*tlsCert == "") != (*tlsKey == ""):
-		return usageError{errors.New("flags -tls-cert and -tls-key go together")}
-	case *workers < 1:
-		return usageError{fmt.Errorf("invalid value %d for flag -workers: must be at least 1", *workers)}
-	case *upgradeTimeout <= 0:
-		return usageError{fmt.Errorf("invalid value %s for flag -upgrade-timeout: must be positive", *upgradeTimeout)}
-	case *drainTimeout <= 0:
-		return usageError{fmt.Errorf("invalid value %s for flag -drain-timeout: must be positive", *drainTimeout)}
-	}
-	log, err := logging.New(os.Stderr, *logFormat, *logLevel)
-	if err != nil {
-		return usageError{fmt.Errorf("flag -log-format/-log-level: %w", err)}
-	}
-	slog.SetDefault(log)
-	if *showVersion {
+	slog.SetDefault(f.Log)
+	if f.ShowVersion {
 		fmt.Println(buildVersion())
 		return nil
 	}
@@ -106,23 +49,17 @@ func run(args []string) error {
 	if *tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
 		if err != nil {
-			return usageError{fmt.Errorf("flags -tls-cert/-tls-key: %w", err)}
+			return servicecli.Usage(fmt.Errorf("flags -tls-cert/-tls-key: %w", err))
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
 
-	upg, err := upgrader.New(upgrader.Options{
-		PIDFile:        *pidfile,
-		Workers:        *workers,
-		UpgradeTimeout: *upgradeTimeout,
-		DrainTimeout:   *drainTimeout,
-		Version:        buildVersion(),
-	})
+	upg, err := upgrader.New(f.Options(buildVersion()))
 	if err != nil {
 		return err
 	}
 	defer upg.Stop()
-	if _, err := upg.Listen("tcp", *listen); err != nil {
+	if _, err := upg.Listen("tcp", f.Listen); err != nil {
 		return err
 	}
 	srv := &upgrader.HTTPServer{Server: &http.Server{
@@ -132,18 +69,6 @@ func run(args []string) error {
 		ErrorLog:          slog.NewLogLogger(slog.Default().Handler(), slog.LevelWarn),
 	}}
 	return upg.Serve(context.Background(), srv.Worker)
-}
-
-// checkListen checks a host:port address before anything starts.
-func checkListen(addr string) error {
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
-	}
-	return nil
 }
 
 func newMux(upg *upgrader.Upgrader) *http.ServeMux {
