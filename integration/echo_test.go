@@ -7,46 +7,16 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// echoLoad runs clients that each open a connection, echo one line and
-// close it, until stop is closed; it counts every failure.
-type echoLoad struct {
-	ok, failed atomic.Int64
-	mu         sync.Mutex
-	errs       []string
-	stop       chan struct{}
-	wg         sync.WaitGroup
-}
-
-func startEchoLoad(addr string, clients int) *echoLoad {
-	l := &echoLoad{stop: make(chan struct{})}
-	for i := range clients {
-		l.wg.Go(func() {
-			for n := 0; ; n++ {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				if err := echoOnce(addr, fmt.Sprintf("client %d line %d", i, n)); err != nil {
-					l.failed.Add(1)
-					l.mu.Lock()
-					if len(l.errs) < 10 {
-						l.errs = append(l.errs, err.Error())
-					}
-					l.mu.Unlock()
-					continue
-				}
-				l.ok.Add(1)
-			}
-		})
-	}
-	return l
+// startEchoLoad runs clients that each open a connection, echo one line
+// and close it.
+func startEchoLoad(addr string, n int) *clients {
+	return startClients(n, func(client, round int) error {
+		return echoOnce(addr, fmt.Sprintf("client %d line %d", client, round))
+	})
 }
 
 func echoOnce(addr, line string) error {
@@ -74,22 +44,6 @@ func echoLine(c net.Conn, r *bufio.Reader, line string) error {
 	return nil
 }
 
-func (l *echoLoad) finish(t *testing.T) {
-	t.Helper()
-	close(l.stop)
-	l.wg.Wait()
-	t.Logf("echo load: ok=%d failed=%d", l.ok.Load(), l.failed.Load())
-	if l.failed.Load() != 0 || l.ok.Load() == 0 {
-		t.Errorf("echo load: %d failed, %d ok; first errors %q", l.failed.Load(), l.ok.Load(), l.errs)
-	}
-}
-
-// waitEchoes waits until the load has echoed n more lines.
-func (l *echoLoad) waitEchoes(t *testing.T, n int64) {
-	t.Helper()
-	waitCount(t, &l.ok, l.ok.Load()+n)
-}
-
 // Row 12: a long-lived connection through an upgrade: the old generation
 // keeps serving it until its drain timeout, then closes it, while new
 // connections go to the new generation without a failure.
@@ -114,10 +68,10 @@ func TestFaultLongLivedConnection(t *testing.T) {
 			t.Fatal(err)
 		}
 		l := startEchoLoad(s.addr, 20)
-		l.waitEchoes(t, 200)
+		l.advance(t, 200)
 		install(t, echoV2, s.exe)
 		s.reload()
-		l.waitEchoes(t, 200)
+		l.advance(t, 200)
 		if err := echoLine(c, r, "after the upgrade"); err != nil {
 			t.Errorf("long-lived connection after the upgrade: %v, want it still served by pid %d", err, gen1)
 		}
@@ -130,8 +84,8 @@ func TestFaultLongLivedConnection(t *testing.T) {
 		}
 		s.log.waitFor(t, 0, "drain timeout: connections closed", "closed=1", fmt.Sprintf("pid=%d", gen1))
 		s.log.waitFor(t, 0, "msg=exited", fmt.Sprintf("pid=%d", gen1))
-		l.waitEchoes(t, 200)
-		l.finish(t)
+		l.advance(t, 200)
+		l.finish(t, "echo load")
 		s.onlyProcess(s.pid())
 		if strings.Contains(s.log.String(), "level=ERROR") {
 			t.Errorf("errors logged:\n%s", s.log)

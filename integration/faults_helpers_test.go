@@ -366,3 +366,58 @@ func wantFree(t *testing.T, addr string) {
 	}
 	ln.Close()
 }
+
+// clients run a request function in a loop, each until stopped, for the
+// loads internal/load does not speak (raw TCP echo, HTTP/2); they count
+// successes and every failure, and never retry.
+type clients struct {
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	errs       []string
+	stop       chan struct{}
+	wg         sync.WaitGroup
+}
+
+// startClients starts n clients calling do with their number and round.
+func startClients(n int, do func(client, round int) error) *clients {
+	c := &clients{stop: make(chan struct{})}
+	for i := range n {
+		c.wg.Go(func() {
+			for round := 0; ; round++ {
+				select {
+				case <-c.stop:
+					return
+				default:
+				}
+				if err := do(i, round); err != nil {
+					c.failed.Add(1)
+					c.mu.Lock()
+					if len(c.errs) < 10 {
+						c.errs = append(c.errs, err.Error())
+					}
+					c.mu.Unlock()
+					continue
+				}
+				c.ok.Add(1)
+			}
+		})
+	}
+	return c
+}
+
+// advance waits until the clients have succeeded n more times.
+func (c *clients) advance(t *testing.T, n int64) {
+	t.Helper()
+	waitCount(t, &c.ok, c.ok.Load()+n)
+}
+
+// finish stops the clients and fails the test if any request failed.
+func (c *clients) finish(t *testing.T, what string) {
+	t.Helper()
+	close(c.stop)
+	c.wg.Wait()
+	t.Logf("%s: ok=%d failed=%d", what, c.ok.Load(), c.failed.Load())
+	if c.failed.Load() != 0 || c.ok.Load() == 0 {
+		t.Errorf("%s: %d failed, %d ok; first errors %q", what, c.failed.Load(), c.ok.Load(), c.errs)
+	}
+}

@@ -18,8 +18,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -67,45 +65,11 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 	return certFile, keyFile, pool
 }
 
-// h2Load sends POSTs over HTTP/2 with Go's client until stopped and counts
-// every error RoundTrip returns and every answer that is not a 200 over
-// HTTP/2. (The transport itself may send a request again on a new
-// connection when a GOAWAY says the server never processed it, as the
-// protocol allows; RoundTrip then succeeds.)
-type h2Load struct {
-	ok, failed atomic.Int64
-	mu         sync.Mutex
-	errs       []string
-	stop       chan struct{}
-	wg         sync.WaitGroup
-}
-
-func startH2Load(tr *http.Transport, url string, clients int) *h2Load {
-	l := &h2Load{stop: make(chan struct{})}
-	for range clients {
-		l.wg.Go(func() {
-			for {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				if err := h2Post(tr, url); err != nil {
-					l.failed.Add(1)
-					l.mu.Lock()
-					if len(l.errs) < 10 {
-						l.errs = append(l.errs, err.Error())
-					}
-					l.mu.Unlock()
-					continue
-				}
-				l.ok.Add(1)
-			}
-		})
-	}
-	return l
-}
-
+// h2Post sends a POST over HTTP/2 with Go's client. Every error RoundTrip
+// returns counts, and every answer that is not a 200 over HTTP/2. (The
+// transport itself may send a request again on a new connection when a
+// GOAWAY says the server never processed it, as the protocol allows;
+// RoundTrip then succeeds.)
 func h2Post(tr *http.Transport, url string) error {
 	req, err := http.NewRequest("POST", url, strings.NewReader("payload="+strings.Repeat("x", 64)))
 	if err != nil {
@@ -152,8 +116,8 @@ func TestFaultHTTP2GoAway(t *testing.T) {
 		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}
 		defer tr.CloseIdleConnections()
 		url := "https://" + s.addr + "/"
-		l := startH2Load(tr, url, 50)
-		waitCount(t, &l.ok, 500)
+		l := startClients(50, func(int, int) error { return h2Post(tr, url) })
+		l.advance(t, 500)
 
 		// A stream in flight on the first generation: its body is half sent.
 		gen1 := h2Healthz(t, tr, s.addr)
@@ -203,15 +167,10 @@ func TestFaultHTTP2GoAway(t *testing.T) {
 					t.Errorf("stream in flight on pid %d: %v, want 200", gen1, err)
 				}
 			}
-			waitCount(t, &l.ok, l.ok.Load()+500)
+			l.advance(t, 500)
 		}
 		s.log.waitFor(t, 0, "previous generation exited", "generation=4")
-		close(l.stop)
-		l.wg.Wait()
-		t.Logf("HTTP/2 load: ok=%d failed=%d", l.ok.Load(), l.failed.Load())
-		if l.failed.Load() != 0 {
-			t.Errorf("HTTP/2 load: %d RoundTrip errors of %d; first: %q", l.failed.Load(), l.failed.Load()+l.ok.Load(), l.errs)
-		}
+		l.finish(t, "HTTP/2 load")
 		if strings.Contains(s.log.String(), "connections cut") {
 			t.Errorf("a drain cut connections:\n%s", s.log)
 		}
