@@ -11,7 +11,7 @@ PIDFILE   ?= run/hello.pid
 DEPLOYDIR ?= deploy
 KEEP      ?= 5
 
-.PHONY: all build run deploy rollback releases test test-short lint bench soak clean
+.PHONY: all build run deploy rollback releases test test-short lint bench soak fuzz clean
 
 all: build
 
@@ -52,6 +52,12 @@ bench:
 
 soak:
 	HANDOFF_SOAK=100 $(GO) test -tags integration -count=1 -timeout 30m -run TestSoak -v ./integration/
+
+# The parsers of what a client or a file may say; their seed corpora run in `make test`.
+FUZZTIME ?= 60s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./internal/control/
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePIDs$$' -fuzztime $(FUZZTIME) ./upgrader/
 
 clean:
 	rm -rf bin run $(DEPLOYDIR)

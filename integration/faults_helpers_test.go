@@ -421,3 +421,17 @@ func (c *clients) finish(t *testing.T, what string) {
 		t.Errorf("%s: %d failed, %d ok; first errors %q", what, c.failed.Load(), c.ok.Load(), c.errs)
 	}
 }
+
+// line returns the i-th line logged.
+func (lw *logWatch) line(i int) string {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	return lw.lines[i]
+}
+
+// logValue returns the value of key in a text log line.
+func logValue(line, key string) string {
+	_, v, _ := strings.Cut(line, " "+key+"=")
+	v, _, _ = strings.Cut(v, " ")
+	return v
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -448,35 +449,51 @@ func TestFaultMasterKilled(t *testing.T) {
 	})
 }
 
-// Row 10: SIGTERM during an upgrade: both generations drain and exit, no
-// orphan, exit status 0.
+// Row 10: SIGTERM, or handoff stop, during an upgrade: the upgrade ends,
+// then both generations drain and exit, no orphan, exit status 0.
 func TestFaultStopDuringUpgrade(t *testing.T) {
 	forEachMode(t, func(t *testing.T, m workerMode) {
-		s := startHello(t, helloV1, m.args...)
-		pid := s.pid()
-		held := holdRequest(t, s.addr)
-		g := installGate(t, s.exe, helloV2)
-		reload := s.reloadAsync()
-		s.log.waitFor(t, 0, "gate: waiting")
-		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
-			t.Fatal(err)
+		for _, via := range []string{"SIGTERM", "handoff stop"} {
+			t.Run(via, func(t *testing.T) {
+				s := startHello(t, helloV1, m.args...)
+				pid := s.pid()
+				held := holdRequest(t, s.addr)
+				g := installGate(t, s.exe, helloV2)
+				reload := s.reloadAsync()
+				s.log.waitFor(t, 0, "gate: waiting")
+				stopped := make(chan reloadResult, 1)
+				if via == "SIGTERM" {
+					if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					go func() {
+						code, out, errOut := s.handoff("stop")
+						stopped <- reloadResult{code, out, errOut}
+					}()
+				}
+				s.log.waitFor(t, 0, "stop requested during an upgrade", fmt.Sprintf("pid=%d", pid))
+				g.open()
+				if r := <-reload; r.code != 0 {
+					t.Errorf("handoff reload: exit %d\n%s%s", r.code, r.out, r.errOut)
+				}
+				i := s.log.waitFor(t, 0, "stopping the new generation too", fmt.Sprintf("pid=%d", pid))
+				newPID, _ := strconv.Atoi(logValue(s.log.line(i), "new_pid"))
+				held.wantFinished()
+				<-s.exited
+				if s.waitErr != nil {
+					t.Errorf("old generation exited with %v, want status 0", s.waitErr)
+				}
+				if via != "SIGTERM" {
+					if r := <-stopped; r.code != 0 || !strings.Contains(r.out, fmt.Sprintf("stopped: pid %d exited", pid)) {
+						t.Errorf("handoff stop: exit %d\n%s%s", r.code, r.out, r.errOut)
+					}
+				}
+				s.log.waitFor(t, 0, "msg=exited", fmt.Sprintf("pid=%d", newPID))
+				waitExit(t, newPID)
+				wantNothingLeft(t, s)
+			})
 		}
-		s.log.waitFor(t, 0, "stop requested during an upgrade", fmt.Sprintf("pid=%d", pid))
-		g.open()
-		if r := <-reload; r.code != 0 {
-			t.Errorf("handoff reload: exit %d\n%s%s", r.code, r.out, r.errOut)
-		}
-		i := s.log.waitFor(t, 0, "stopping the new generation too", fmt.Sprintf("pid=%d", pid))
-		newPID := 0
-		fmt.Sscanf(s.log.lines[i][strings.Index(s.log.lines[i], "new_pid=")+len("new_pid="):], "%d", &newPID)
-		held.wantFinished()
-		<-s.exited
-		if s.waitErr != nil {
-			t.Errorf("old generation exited with %v, want status 0", s.waitErr)
-		}
-		s.log.waitFor(t, 0, "msg=exited", fmt.Sprintf("pid=%d", newPID))
-		waitExit(t, newPID)
-		wantNothingLeft(t, s)
 	})
 }
 
@@ -525,6 +542,11 @@ func TestFaultBadFlags(t *testing.T) {
 	for _, args := range hello {
 		code, out := runOnce(t, dir, helloV1, append([]string{"--listen", addr, "--pidfile", pidfile}, args...)...)
 		wantUsageError(t, "hello "+strings.Join(args, " "), code, out, strings.TrimLeft(args[0], "-"))
+	}
+	echo := buildBin(t, "examples/echo", "v1")
+	for _, args := range [][]string{{"--listen", "127.0.0.1:x"}, {"--drain-timeout", "0s"}, {"--bogus"}} {
+		code, out := runOnce(t, dir, echo, append([]string{"--listen", addr, "--pidfile", pidfile}, args...)...)
+		wantUsageError(t, "echo "+strings.Join(args, " "), code, out, strings.TrimLeft(args[0], "-"))
 	}
 	if _, err := os.Stat(filepath.Dir(pidfile)); err == nil {
 		t.Errorf("a bad start created %s", filepath.Dir(pidfile))
