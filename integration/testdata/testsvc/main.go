@@ -7,6 +7,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
@@ -39,15 +40,30 @@ func main() {
 	}
 }
 
-// spawn starts sleep, as an application may start a helper, and reads what
-// it inherited from /proc once it runs (Start returns after the exec).
+// spawn starts cat, as an application may start a helper, and reads what
+// it inherited from /proc once it has echoed a line, so once it is done
+// starting (the loader and libc open files of their own meanwhile).
 func spawn(ctx context.Context) (fds []int, env []string, err error) {
-	cmd := exec.CommandContext(ctx, "sleep", "60")
+	cmd := exec.CommandContext(ctx, "cat")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, err
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, nil, err
 	}
 	defer cmd.Wait()
-	defer cmd.Process.Kill()
+	defer stdin.Close()
+	if _, err := io.WriteString(stdin, "ready\n"); err != nil {
+		return nil, nil, err
+	}
+	if _, err := bufio.NewReader(stdout).ReadString('\n'); err != nil {
+		return nil, nil, fmt.Errorf("cat did not echo: %w", err)
+	}
 	dir := fmt.Sprintf("/proc/%d/", cmd.Process.Pid)
 	ents, err := os.ReadDir(dir + "fd")
 	if err != nil {
