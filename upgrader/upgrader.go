@@ -367,7 +367,8 @@ type UpgradeResult = control.UpgradeResult
 // Upgrade starts the next generation from the executable at this
 // process's path, which may have been replaced, and waits until it is
 // ready or has failed. Once it succeeds, this generation drains and Serve
-// returns. On failure this generation goes on serving.
+// returns. On failure this generation goes on serving and the error is an
+// *UpgradeError, with the new generation's last lines of stderr.
 //
 // Only one upgrade runs at a time: a call during another one returns
 // ErrUpgradeInProgress. A call made while the previous generation is still
