@@ -189,7 +189,7 @@ func New(opts Options) (*Upgrader, error) {
 	}()
 	u.phase.Store("starting")
 	if err := u.loadState(); err != nil {
-		tf.Stop()
+		u.Stop()
 		return nil, err
 	}
 	u.log = opts.Logger.With("pid", os.Getpid(), "generation", u.gen)
@@ -203,7 +203,7 @@ func New(opts Options) (*Upgrader, error) {
 	}
 	if opts.ControlSocket != "" {
 		if err := u.listenControl(); err != nil {
-			tf.Stop()
+			u.Stop() // in a new generation, leaves the inherited sockets alone
 			return nil, err
 		}
 	}
