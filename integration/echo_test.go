@@ -71,10 +71,10 @@ func TestFaultLongLivedConnection(t *testing.T) {
 		l.advance(t, 200)
 		install(t, echoV2, s.exe)
 		s.reload()
-		l.advance(t, 200)
 		if err := echoLine(c, r, "after the upgrade"); err != nil {
 			t.Errorf("long-lived connection after the upgrade: %v, want it still served by pid %d", err, gen1)
 		}
+		l.advance(t, 200)
 		s.log.waitFor(t, 0, "draining connections", fmt.Sprintf("pid=%d", gen1))
 
 		// Generation 1 closes it at its drain timeout, and only then.
