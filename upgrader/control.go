@@ -68,14 +68,16 @@ func (u *Upgrader) serveControl(done <-chan struct{}) {
 
 func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 	w := control.NewWriter(conn)
-	if err := checkPeer(conn); err != nil {
-		u.log.Warn("control request refused", "err", err)
-		w.Final(control.Message{}, err)
-		return
-	}
 	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	r := bufio.NewReaderSize(conn, control.MaxRequestSize+1)
 	line, err := r.ReadSlice('\n')
+	// The peer is checked once its request is read: refused before, it
+	// could fail to write to the closed connection and never read why.
+	if perr := checkPeer(conn); perr != nil {
+		u.log.Warn("control request refused", "err", perr)
+		w.Final(control.Message{}, perr)
+		return
+	}
 	if err != nil {
 		if errors.Is(err, bufio.ErrBufferFull) {
 			err = fmt.Errorf("request exceeds %d bytes", control.MaxRequestSize)
