@@ -15,12 +15,12 @@ DEPLOYDIR ?= deploy
 KEEP      ?= 5
 export DEPLOYDIR PIDFILE KEEP
 
-.PHONY: all build run deploy deploy-check rollback releases test test-short lint bench soak clean
+.PHONY: all build run deploy deploy-check rollback releases test test-short lint bench soak fuzz clean
 
 all: build
 
 build:
-	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/ ./cmd/handoff ./examples/hello
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/ ./cmd/handoff ./examples/hello ./examples/echo
 
 # The main job: the example server from the `current` release, in the foreground.
 run: build
@@ -63,6 +63,12 @@ bench:
 
 soak:
 	HANDOFF_SOAK=100 $(GO) test -tags integration -count=1 -timeout 30m -run TestSoak -v ./integration/
+
+# The parsers of what a client or a file may say; their seed corpora run in `make test`.
+FUZZTIME ?= 60s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./internal/control/
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePIDs$$' -fuzztime $(FUZZTIME) ./upgrader/
 
 clean:
 	rm -rf bin run $(DEPLOYDIR)

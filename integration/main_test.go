@@ -105,13 +105,16 @@ func installBytes(t *testing.T, b []byte, dst string) {
 type logWatch struct {
 	mu     sync.Mutex
 	lines  []string
-	failed string // set by fail: waits give up with this reason
-	cond  chan struct{} // closed and replaced on every new line
+	failed string        // set by fail: waits give up with this reason
+	cond   chan struct{} // closed and replaced on every new line
 }
 
 func newLogWatch(r io.Reader) *logWatch {
 	lw := &logWatch{cond: make(chan struct{})}
 	go func() {
+		if c, ok := r.(io.Closer); ok {
+			defer c.Close()
+		}
 		sc := bufio.NewScanner(r)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
@@ -192,6 +195,10 @@ type service struct {
 	addr    string
 	log     *logWatch
 	cmd     *exec.Cmd
+	env     []string      // environment of the first process; nil: the test's
+	wrap    []string      // command that runs the first process, if any
+	exited  chan struct{} // closed when the first process has exited
+	waitErr error         // its exit status, once exited is closed
 	// adjust, if set, is called on the command before it starts.
 	adjust func(*service, *exec.Cmd)
 }
@@ -217,61 +224,86 @@ func startHello(t *testing.T, bin string, args ...string) *service {
 // command before it starts: to set its environment, pass files, wrap it.
 func startHelloWith(t *testing.T, bin string, adjust func(*service, *exec.Cmd), args ...string) *service {
 	t.Helper()
-	s := newService(t, bin, "hello", freeAddr(t))
+	s := newService(t, bin, "hello")
 	s.adjust = adjust
-	s.start(append([]string{"--listen", s.addr, "--pidfile", s.pidfile}, args...)...)
+	s.start(args...)
+	s.waitReady()
 	return s
 }
 
-// newService installs bin as dir/name in a new folder; its PID file is
-// dir/run/name.pid and it is to serve on addr.
-func newService(t *testing.T, bin, name, addr string) *service {
+// newService installs bin as dir/name, with a PID file path and a free
+// address of its own; start runs it.
+func newService(t *testing.T, bin, name string) *service {
 	t.Helper()
 	dir := t.TempDir()
-	s := &service{t: t, dir: dir, exe: filepath.Join(dir, name), pidfile: filepath.Join(dir, "run", name+".pid"), addr: addr}
+	s := &service{t: t, dir: dir, exe: filepath.Join(dir, name), pidfile: filepath.Join(dir, "run", name+".pid"), addr: freeAddr(t)}
 	install(t, bin, s.exe)
 	return s
 }
 
-// start runs s.exe with args and waits until its first generation is
-// ready. Cleanup kills every process of s and its workers.
+// start runs the service's first process with --listen, --pidfile and
+// args, its output collected in s.log. s.env, if set, is its environment
+// and s.wrap a command that runs it (such as setpriv). Cleanup kills every
+// process of the service.
 func (s *service) start(args ...string) {
+	s.t.Helper()
+	s.startArgs(append([]string{"--listen", s.addr, "--pidfile", s.pidfile}, args...)...)
+}
+
+// startArgs is start with the whole command line given by the caller.
+func (s *service) startArgs(args ...string) {
 	t := s.t
 	t.Helper()
-	s.cmd = exec.Command(s.exe, args...)
+	args = append(append(append([]string(nil), s.wrap...), s.exe), args...)
+	s.cmd = exec.Command(args[0], args[1:]...)
 	s.cmd.Dir = s.dir
+	s.cmd.Env = s.env
 	if s.adjust != nil {
 		s.adjust(s, s.cmd)
 	}
-	pr, pw := io.Pipe()
-	s.cmd.Stdout, s.cmd.Stderr = pw, pw
-	s.log = newLogWatch(pr)
-	if err := s.cmd.Start(); err != nil {
+	// An os.Pipe, not an io.Writer, so that Wait returns when the first
+	// process exits although later generations still hold the pipe.
+	pr, pw, err := os.Pipe()
+	if err != nil {
 		t.Fatal(err)
 	}
-	waited := make(chan struct{})
-	go func() { s.cmd.Wait(); close(waited) }()
+	s.cmd.Stdout, s.cmd.Stderr = pw, pw
+	err = s.cmd.Start()
+	pw.Close()
+	if err != nil {
+		pr.Close()
+		t.Fatal(err)
+	}
+	s.log = newLogWatch(pr)
+	s.exited = make(chan struct{})
+	go func() { s.waitErr = s.cmd.Wait(); close(s.exited) }()
 	t.Cleanup(func() {
 		s.killAll()
-		<-waited
-		pw.Close()
+		<-s.exited
 		if t.Failed() {
 			t.Logf("service log:\n%s", s.log)
 		}
 	})
+}
+
+// waitReady waits until the first generation is ready, and fails at once
+// if its process exits before.
+func (s *service) waitReady() {
+	s.t.Helper()
 	ready := make(chan struct{})
+	defer close(ready)
 	go func() {
 		select {
-		case <-waited:
-			s.log.fail(fmt.Sprintf("%s exited before it was ready: %v", filepath.Base(s.exe), s.cmd.ProcessState))
+		case <-s.exited:
+			s.log.fail(fmt.Sprintf("%s exited before it was ready: %v", filepath.Base(s.exe), s.waitErr))
 		case <-ready:
 		}
 	}()
-	s.log.waitFor(t, 0, "msg=ready", "generation=1")
-	close(ready)
+	s.log.waitFor(s.t, 0, "msg=ready", "generation=1")
 }
 
-// pids lists the live (not zombie) processes started from s.exe.
+// pids lists the live (not zombie) processes started from s.exe, a
+// script installed there included.
 func (s *service) pids() []int {
 	return processesOf(s.exe)
 }
@@ -288,8 +320,9 @@ func processesOf(exe string) []int {
 		if err != nil {
 			continue
 		}
-		argv0, _, _ := bytes.Cut(cmdline, []byte{0})
-		if string(argv0) != exe {
+		// exe itself, or a script at exe run by its interpreter.
+		argv := bytes.SplitN(cmdline, []byte{0}, 3)
+		if string(argv[0]) != exe && (len(argv) < 2 || string(argv[1]) != exe) {
 			continue
 		}
 		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))

@@ -238,7 +238,7 @@ func TestProcessModeWorkerKilledUnderLoad(t *testing.T) {
 // a growing backoff; the master stays up and handoff status shows the
 // crash loop.
 func TestProcessModeCrashLoop(t *testing.T) {
-	s := newService(t, handoffBin, "handoff", freeAddr(t))
+	s := newService(t, handoffBin, "handoff")
 	script := filepath.Join(s.dir, "crash.sh")
 	installBytes(t, []byte("#!/bin/sh\necho 'worker: config missing' >&2\nexit 3\n"), script)
 	cmd := exec.Command(s.exe, "run", "--listen", "tcp://"+s.addr, "--workers", "2", "--pidfile", s.pidfile, "--", script)
@@ -345,9 +345,11 @@ func TestProcessModeMasterKilled(t *testing.T) {
 	}
 	t.Logf("all workers gone %s after the master was killed", time.Since(start).Round(time.Millisecond))
 
-	fresh := newService(t, helloV1, "hello", s.addr)
+	fresh := newService(t, helloV1, "hello")
+	fresh.addr = s.addr
 	fresh.pidfile = s.pidfile // the stale PID file and control socket of the killed run
-	fresh.start("--listen", fresh.addr, "--pidfile", fresh.pidfile, "--workers", "2", "--worker-mode", "process")
+	fresh.start("--workers", "2", "--worker-mode", "process")
+	fresh.waitReady()
 	fresh.checkWorkers(2)
 	if code, body, err := fresh.get("/"); err != nil || code != 200 || body != "Hello, world!" {
 		t.Errorf("GET / on the fresh start = %d %q %v", code, body, err)
@@ -366,7 +368,7 @@ func TestHandoffRunNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newService(t, handoffBin, "handoff", freeAddr(t))
+	s := newService(t, handoffBin, "handoff")
 	app := filepath.Join(s.dir, "app.js")
 	installBytes(t, src, app)
 	ready := "notify"
@@ -374,7 +376,8 @@ func TestHandoffRunNode(t *testing.T) {
 		ready = "delay:1s"
 	}
 	t.Logf("node %s, ready %s", node, ready)
-	s.start("run", "--listen", "tcp://"+s.addr, "--workers", "2", "--pidfile", s.pidfile, "--ready", ready, "--", node, app)
+	s.startArgs("run", "--listen", "tcp://"+s.addr, "--workers", "2", "--pidfile", s.pidfile, "--ready", ready, "--", node, app)
+	s.waitReady()
 	old := s.checkWorkers(2)
 
 	var completed atomic.Int64
@@ -418,7 +421,7 @@ func TestHandoffRunWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newService(t, handoffBin, "handoff", freeAddr(t))
+	s := newService(t, handoffBin, "handoff")
 	appDir := filepath.Join(s.dir, "app")
 	if err := os.Mkdir(appDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -431,8 +434,9 @@ func TestHandoffRunWatch(t *testing.T) {
 	if _, err := exec.LookPath("systemd-notify"); err != nil {
 		ready = "delay:3s"
 	}
-	s.start("run", "--listen", "tcp://"+s.addr, "--workers", "1", "--pidfile", s.pidfile, "--ready", ready,
+	s.startArgs("run", "--listen", "tcp://"+s.addr, "--workers", "1", "--pidfile", s.pidfile, "--ready", ready,
 		"--watch", appDir, "--", node, app)
+	s.waitReady()
 
 	version := func(v string) []byte { return bytes.ReplaceAll(src, []byte("'node-dev'"), []byte("'"+v+"'")) }
 	from := s.log.len()
@@ -468,10 +472,11 @@ func TestHandoffRunWatch(t *testing.T) {
 // ready, handoff restart-workers stops the roll and exits non-zero with
 // the reason, and the old workers go on.
 func TestRollStopsAtFailingReplacement(t *testing.T) {
-	s := newService(t, handoffBin, "handoff", freeAddr(t))
+	s := newService(t, handoffBin, "handoff")
 	script := filepath.Join(s.dir, "worker.sh")
 	installBytes(t, []byte("#!/bin/sh\nexec sleep 600\n"), script)
-	s.start("run", "--listen", "tcp://"+s.addr, "--workers", "3", "--pidfile", s.pidfile, "--ready", "delay:200ms", "--", script)
+	s.startArgs("run", "--listen", "tcp://"+s.addr, "--workers", "3", "--pidfile", s.pidfile, "--ready", "delay:200ms", "--", script)
+	s.waitReady()
 	old := s.checkWorkers(3)
 
 	installBytes(t, []byte("#!/bin/sh\necho 'worker: bad release' >&2\nexit 4\n"), script)

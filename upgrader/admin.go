@@ -57,7 +57,7 @@ func (u *Upgrader) startAdminLocked() []*pool {
 			ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		}}
-		p := newPool(1, srv.Worker, []net.Listener{a.ln}, nil, log)
+		p := newPool(1, srv.Worker, []net.Listener{a.ln}, nil, log, u.acceptGate())
 		p.start()
 		pools = append(pools, p)
 	}

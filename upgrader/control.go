@@ -68,14 +68,16 @@ func (u *Upgrader) serveControl(done <-chan struct{}) {
 
 func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 	w := control.NewWriter(conn)
-	if err := checkPeer(conn); err != nil {
-		u.log.Warn("control request refused", "err", err)
-		w.Final(control.Message{}, err)
-		return
-	}
 	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	r := bufio.NewReaderSize(conn, control.MaxRequestSize+1)
 	line, err := r.ReadSlice('\n')
+	// The peer is checked once its request is read: refused before, it
+	// could fail to write to the closed connection and never read why.
+	if perr := checkPeer(conn); perr != nil {
+		u.log.Warn("control request refused", "err", perr)
+		w.Final(control.Message{}, perr)
+		return
+	}
 	if err != nil {
 		if errors.Is(err, bufio.ErrBufferFull) {
 			err = fmt.Errorf("request exceeds %d bytes", control.MaxRequestSize)
@@ -98,7 +100,12 @@ func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 		ctx, cancel := context.WithTimeout(context.Background(), u.opts.DrainTimeout+u.opts.UpgradeTimeout)
 		defer cancel()
 		res, err := u.upgrade(ctx, func(step, msg string) { w.Progress(step, msg) })
-		if w.Final(control.Message{Upgrade: &res}, err) == nil && err == nil {
+		m := control.Message{Upgrade: &res}
+		var ue *UpgradeError
+		if errors.As(err, &ue) {
+			m.Stderr = ue.Stderr
+		}
+		if w.Final(m, err) == nil && err == nil {
 			u.streamDrain(conn, w)
 		}
 	case control.CmdRestartWorkers:
@@ -107,9 +114,11 @@ func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 		n, err := u.roll(context.Background(), func(msg string) { w.Progress("worker", msg) })
 		w.Final(control.Message{Msg: fmt.Sprintf("%d of %d workers replaced", n, u.opts.Workers), Status: u.status()}, err)
 	case control.CmdStop:
-		u.log.Info("stop requested", "via", "control socket")
-		u.Stop()
-		w.Progress("stop", fmt.Sprintf("pid %d draining, timeout %s", os.Getpid(), u.opts.DrainTimeout))
+		if u.requestStop("via", "control socket") {
+			w.Progress("stop", fmt.Sprintf("pid %d draining, timeout %s", os.Getpid(), u.opts.DrainTimeout))
+		} else {
+			w.Progress("stop", fmt.Sprintf("pid %d stops once the upgrade in progress has ended, with the new generation", os.Getpid()))
+		}
 		w.Final(control.Message{Status: u.status()}, nil)
 	}
 }

@@ -176,7 +176,10 @@ func (s *HTTPServer) closeIdle(drainStart time.Time) int {
 	now := time.Now()
 	left := 0
 	for c, ci := range s.conns {
-		if isHTTP2(c) {
+		// A new TLS connection may be in its handshake, which
+		// ConnectionState would wait for, holding s.mu: it is not known
+		// to be HTTP/2 yet anyway.
+		if ci.state != http.StateNew && isHTTP2(c) {
 			continue
 		}
 		since := ci.since

@@ -24,7 +24,7 @@ func startHTTPPool(t *testing.T, h http.Handler) (*pool, string, <-chan http.Con
 		Handler:   h,
 		ConnState: func(_ net.Conn, st http.ConnState) { states <- st },
 	}}
-	p := newPool(2, srv.Worker, []net.Listener{ln}, nil, discardLogger())
+	p := newPool(2, srv.Worker, []net.Listener{ln}, nil, discardLogger(), nil)
 	p.start()
 	<-p.readyC
 	t.Cleanup(func() {

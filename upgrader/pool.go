@@ -29,6 +29,10 @@ const (
 // finishes the work it accepted and returns nil. ctx is cancelled when the
 // drain timeout has passed: whatever is left must be cut then.
 //
+// In a generation started by an upgrade, Accept on w.Listeners waits until
+// the whole generation is ready, so that one which fails before has taken
+// no connection: call w.Ready without waiting for a connection.
+//
 // A WorkerFunc that returns before the drain, with an error or not, or
 // panics, is logged and run again after a backoff.
 type WorkerFunc func(ctx context.Context, w *Worker) error
@@ -38,7 +42,9 @@ type Worker struct {
 	// ID numbers the workers of a pool from 0.
 	ID int
 	// Listeners and PacketConns are the service's sockets, shared by
-	// every worker and every generation.
+	// every worker and every generation. In a generation started by an
+	// upgrade the listeners are wrapped (see WorkerFunc); such a listener
+	// has a method Unwrap() net.Listener that returns the socket itself.
 	Listeners   []net.Listener
 	PacketConns []net.PacketConn
 	// Logger carries the pid, the generation and the worker's ID.
@@ -86,7 +92,12 @@ type pool struct {
 	cut          atomic.Int64 // connections cut at the drain timeout
 }
 
-func newPool(n int, fn WorkerFunc, lns []net.Listener, pcs []net.PacketConn, log *slog.Logger) *pool {
+// newPool makes a pool of n workers running fn. If gate is not nil, the
+// workers' Accept waits until it is closed (see gatedListener).
+func newPool(n int, fn WorkerFunc, lns []net.Listener, pcs []net.PacketConn, log *slog.Logger, gate <-chan struct{}) *pool {
+	if gate != nil {
+		lns = gateListeners(lns, gate)
+	}
 	return &pool{
 		fn:       fn,
 		lns:      lns,

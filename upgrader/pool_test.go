@@ -59,7 +59,7 @@ func TestPoolRestartsFailingWorkerWithBackoff(t *testing.T) {
 			return serveUntilClosed(ctx, w)
 		}
 		ln := newFakeListener()
-		p := newPool(1, fn, []net.Listener{ln}, nil, discardLogger())
+		p := newPool(1, fn, []net.Listener{ln}, nil, discardLogger(), nil)
 		start := time.Now()
 		p.start()
 		<-p.readyC
@@ -87,7 +87,7 @@ func TestPoolBackoffIsCapped(t *testing.T) {
 			runs.Add(1)
 			return errors.New("always failing")
 		}
-		p := newPool(1, fn, nil, nil, discardLogger())
+		p := newPool(1, fn, nil, nil, discardLogger(), nil)
 		p.start()
 		// 100ms doubling: 0.1+0.2+...+6.4 = 12.7 s for 8 runs, then 10 s each.
 		time.Sleep(12700*time.Millisecond + 3*MaxRestartBackoff)
@@ -112,7 +112,7 @@ func TestPoolReadyOnlyWhenEveryWorkerIs(t *testing.T) {
 			}
 			return serveUntilClosed(ctx, w)
 		}
-		p := newPool(3, fn, []net.Listener{newFakeListener()}, nil, discardLogger())
+		p := newPool(3, fn, []net.Listener{newFakeListener()}, nil, discardLogger(), nil)
 		p.start()
 		synctest.Wait()
 		select {
@@ -134,7 +134,7 @@ func TestPoolReadyOnlyWhenEveryWorkerIs(t *testing.T) {
 func TestPoolDrainClosesSocketsBeforeWorkersSeeIt(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ln := newFakeListener()
-		p := newPool(2, serveUntilClosed, []net.Listener{ln}, nil, discardLogger())
+		p := newPool(2, serveUntilClosed, []net.Listener{ln}, nil, discardLogger(), nil)
 		p.start()
 		<-p.readyC
 		if err := p.drain(context.Background()); err != nil {
@@ -160,7 +160,7 @@ func TestPoolDrainTimeoutCancelsWorkers(t *testing.T) {
 			<-ctx.Done() // ignores the drain until the deadline
 			return nil
 		}
-		p := newPool(1, fn, nil, nil, discardLogger())
+		p := newPool(1, fn, nil, nil, discardLogger(), nil)
 		p.start()
 		<-p.readyC
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -184,7 +184,7 @@ func TestPoolDrainGivesUpOnStuckWorker(t *testing.T) {
 			<-stuck
 			return nil
 		}
-		p := newPool(1, fn, nil, nil, discardLogger())
+		p := newPool(1, fn, nil, nil, discardLogger(), nil)
 		p.start()
 		<-p.readyC
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -618,7 +618,7 @@ func (u *Upgrader) newWorkersLocked(fn WorkerFunc) (workers, error) {
 		if fn == nil {
 			return nil, errors.New("upgrader: Serve needs a WorkerFunc in goroutine mode")
 		}
-		return newPool(u.opts.Workers, fn, u.lns, u.pcs, u.log), nil
+		return newPool(u.opts.Workers, fn, u.lns, u.pcs, u.log, u.acceptGate()), nil
 	case ProcessWorkers:
 		spec, err := newProcSpecLocked(u)
 		if err != nil {

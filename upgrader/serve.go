@@ -47,7 +47,7 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 	// The generation ends after an upgrade or a stop: drain, then return.
 	{
 		g.Add(func() error {
-			<-u.exit()
+			<-u.exit
 			u.closeControl()
 			return u.drain(p, admin)
 		}, func(error) {
@@ -105,17 +105,19 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 			ctx, cancel := context.WithTimeout(context.Background(), u.opts.DrainTimeout+u.opts.UpgradeTimeout)
 			defer cancel()
 			_, err := u.Upgrade(ctx)
+			var ue *UpgradeError
 			switch {
-			case errors.Is(err, ErrUpgradeInProgress), errors.Is(err, ErrUpgraded),
-				errors.Is(err, ErrNotReady), errors.Is(err, ErrStopping):
-				u.log.Warn("signal ignored", "signal", sig.String(), "err", err)
+			case errors.Is(err, ErrUpgradeInProgress):
+				u.log.Warn("upgrade already in progress, signal ignored", "signal", sig.String())
+			case err != nil && !errors.As(err, &ue):
+				u.log.Warn("upgrade refused, signal ignored", "signal", sig.String(), "err", err)
 			}
 		}()
 		return
 	}
 	n := u.stopSignals.Add(1)
 	select {
-	case <-u.tf.Exit():
+	case <-u.exit:
 		if n == 1 && u.phase.Load() == "draining" {
 			// systemd's KillMode=control-group and a terminal's Ctrl-C
 			// signal every generation at once.
@@ -125,8 +127,7 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 		u.log.Warn("second stop signal, cutting the drain short", "signal", sig.String())
 		u.forceOnce.Do(func() { close(u.force) })
 	default:
-		u.log.Info("stopping", "signal", sig.String())
-		u.Stop()
+		u.requestStop("signal", sig.String())
 	}
 }
 

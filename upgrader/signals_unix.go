@@ -18,3 +18,6 @@ var (
 func isUpgradeSignal(sig os.Signal) bool { return sig == syscall.SIGHUP }
 
 func isRollSignal(sig os.Signal) bool { return sig == syscall.SIGUSR2 }
+
+// terminate asks the process pid to stop gracefully.
+func terminate(pid int) error { return syscall.Kill(pid, syscall.SIGTERM) }

@@ -2,7 +2,10 @@
 
 package upgrader
 
-import "os"
+import (
+	"errors"
+	"os"
+)
 
 // Windows has no SIGHUP: a service there builds and serves, but cannot
 // upgrade.
@@ -16,3 +19,6 @@ var (
 func isUpgradeSignal(os.Signal) bool { return false }
 
 func isRollSignal(os.Signal) bool { return false }
+
+// terminate is not needed on Windows, where a service cannot upgrade.
+func terminate(int) error { return errors.New("not supported on windows") }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -45,6 +46,22 @@ var (
 	// not finished yet.
 	ErrRollInProgress = errors.New("upgrader: rolling restart of the workers in progress")
 )
+
+// UpgradeError is returned by Upgrade when the new generation could not
+// be started, exited or was killed before it was ready. The generation
+// that tried goes on serving.
+type UpgradeError struct {
+	// Err says why in one line: the new generation's exit status, the
+	// upgrade timeout, or why it could not be started.
+	Err error
+	// Stderr holds the new generation's last lines of stderr, at most
+	// StderrTailLines.
+	Stderr []string
+}
+
+func (e *UpgradeError) Error() string { return e.Err.Error() }
+
+func (e *UpgradeError) Unwrap() error { return e.Err }
 
 // Options control an Upgrader. The zero value works: no PID file, no
 // control socket, GOMAXPROCS workers and the default timeouts.
@@ -123,14 +140,18 @@ type Upgrader struct {
 	phase     atomic.Value // string
 	ready     chan struct{}
 	parent    chan struct{} // closed when the previous generation has exited
+	exit      chan struct{} // closed when this generation must drain and exit
+	abort     chan struct{} // closed when a new generation stops before it is ready
+	abortOnce sync.Once
+	gate      chan struct{} // closed once ready; see gatedListener
 	force     chan struct{}
 	forceOnce sync.Once
-	readyMu   sync.Mutex    // orders markReady and Stop
-	abort     chan struct{} // closed by Stop before ready in a generation started by an upgrade
-	abortOnce sync.Once
 
 	worker  *workerSide // set in a worker process
 	rolling atomic.Bool
+
+	realStderr  *os.File // a new generation's stderr until restoreStderr
+	relayStderr bool     // the next generation gets the real stderr to restore
 
 	mu        sync.Mutex
 	lns       []net.Listener
@@ -143,6 +164,9 @@ type Upgrader struct {
 	claimed   []string // network and address of every socket asked for
 	stats     stats
 	lastError string
+	isReady   bool // markReady has reported ready
+	readyAt   time.Time
+	stopAfter bool // a stop was asked during the upgrade in progress
 }
 
 // New starts a generation. In the first process of a service it checks
@@ -194,6 +218,13 @@ func New(opts Options) (*Upgrader, error) {
 		return nil, fmt.Errorf("upgrader: %w", err)
 	}
 	os.Unsetenv(tableflipParentEnv)
+	if hasParent {
+		// tableflip's pipes to the parent, fds 3 and 4, are inherited
+		// without close-on-exec; fd 4 stays open until the parent has
+		// exited. Keep them out of processes the application starts.
+		closeOnExec(3)
+		closeOnExec(4)
+	}
 
 	u := &Upgrader{
 		opts:    opts,
@@ -201,13 +232,22 @@ func New(opts Options) (*Upgrader, error) {
 		started: time.Now(),
 		ready:   make(chan struct{}),
 		parent:  make(chan struct{}),
+		exit:    make(chan struct{}),
+		abort:   make(chan struct{}),
+		gate:    make(chan struct{}),
 		force:   make(chan struct{}),
 		drainSt: newDrainState(),
-		abort:   make(chan struct{}),
 	}
+	go func() {
+		defer close(u.exit)
+		select {
+		case <-tf.Exit():
+		case <-u.abort:
+		}
+	}()
 	u.phase.Store("starting")
 	if err := u.loadState(); err != nil {
-		tf.Stop()
+		u.Stop()
 		return nil, err
 	}
 	u.log = opts.Logger.With("pid", os.Getpid(), "generation", u.gen)
@@ -215,6 +255,7 @@ func New(opts Options) (*Upgrader, error) {
 		tf.Stop()
 		return nil, err
 	}
+	u.inheritStderr()
 	if u.ppid != 0 {
 		u.log.Info("new generation starting", "parent_pid", u.ppid, "version", opts.Version)
 		go u.watchParent()
@@ -224,7 +265,7 @@ func New(opts Options) (*Upgrader, error) {
 	}
 	if opts.ControlSocket != "" {
 		if err := u.listenControl(); err != nil {
-			tf.Stop()
+			u.Stop() // in a new generation, leaves the inherited sockets alone
 			return nil, err
 		}
 	}
@@ -387,50 +428,34 @@ func (u *Upgrader) claim(network, addr string) error {
 func (u *Upgrader) Ready() <-chan struct{} { return u.ready }
 
 // Stop ends this generation gracefully: a running upgrade is abandoned and
-// Serve drains the pool and returns. It is safe to call more than once.
+// Serve drains the pool and returns. Stop returns once the sockets this
+// process must clean up (its unix sockets, unless a new generation took
+// them over) are removed. It is safe to call more than once.
 func (u *Upgrader) Stop() {
 	if u.worker != nil {
 		u.worker.stop()
 		return
 	}
-	u.readyMu.Lock()
-	defer u.readyMu.Unlock()
-	select {
-	case <-u.ready:
-	default:
-		if u.HasParent() {
-			// A new generation that gives up before it is ready must not
-			// call tableflip's Stop: it would unlink the unix sockets it
-			// inherited (the control socket among them), which the
-			// previous generation goes on serving.
-			u.abortOnce.Do(func() { close(u.abort) })
-			return
-		}
+	u.mu.Lock()
+	if u.ppid != 0 && !u.isReady {
+		// tableflip would unlink the unix sockets this new generation
+		// inherited, the control socket among them, while the previous
+		// generation goes on serving on them: leave them to the OS,
+		// which closes them when this process exits.
+		u.abortOnce.Do(func() { close(u.abort) })
+		u.mu.Unlock()
+		return
 	}
 	u.tf.Stop()
-}
-
-// exit is closed when this generation stops serving: after an upgrade, a
-// stop, or an abort before ready.
-func (u *Upgrader) exit() <-chan struct{} {
-	c := make(chan struct{})
-	go func() {
-		select {
-		case <-u.tf.Exit():
-		case <-u.abort:
-		}
-		close(c)
-	}()
-	return c
+	u.mu.Unlock()
+	<-u.tf.Exit()
 }
 
 // markReady publishes this generation once its pool is ready.
 func (u *Upgrader) markReady() error {
-	u.readyMu.Lock()
-	defer u.readyMu.Unlock()
 	select {
 	case <-u.abort:
-		return nil // stopped before ready
+		return ErrStopping
 	default:
 	}
 	u.publishWorkers(true)
@@ -442,14 +467,29 @@ func (u *Upgrader) markReady() error {
 	if err := u.writeState(time.Time{}); err != nil {
 		return err
 	}
+	// Ordered against Stop: a new generation is either aborted before it
+	// told its parent it is ready, or ready.
+	u.mu.Lock()
+	select {
+	case <-u.abort:
+		u.mu.Unlock()
+		return ErrStopping
+	default:
+	}
+	u.restoreStderr()
 	if err := u.tf.Ready(); err != nil {
+		u.mu.Unlock()
 		return fmt.Errorf("upgrader: report ready to parent pid %d: %w", u.ppid, err)
 	}
+	u.isReady = true
+	u.readyAt = time.Now()
+	u.phase.Store("ready")
+	close(u.ready)
+	close(u.gate)
+	u.mu.Unlock()
 	if u.ppid != 0 {
 		u.countReadyAfterUpgrade(u.upgradeStart)
 	}
-	u.phase.Store("ready")
-	close(u.ready)
 	u.log.Info("ready", "addrs", strings.Join(u.addrs, ","), "workers", u.opts.Workers, "startup", time.Since(u.started).Round(time.Millisecond))
 	u.closeUnusedActivated()
 	u.sdReady()
@@ -482,7 +522,8 @@ type UpgradeResult = control.UpgradeResult
 // Upgrade starts the next generation from the executable at this
 // process's path, which may have been replaced, and waits until it is
 // ready or has failed. Once it succeeds, this generation drains and Serve
-// returns. On failure this generation goes on serving.
+// returns. On failure this generation goes on serving and the error is an
+// *UpgradeError, with the new generation's last lines of stderr.
 //
 // Only one upgrade runs at a time: a call during another one returns
 // ErrUpgradeInProgress. A call made while the previous generation is still
@@ -501,7 +542,7 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	}
 	defer u.upgrading.Store(false)
 	select {
-	case <-u.tf.Exit():
+	case <-u.exit:
 		if u.phase.Load() == "draining" {
 			return res, ErrUpgraded
 		}
@@ -513,10 +554,13 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	select {
 	case <-u.parent:
 	default:
-		progress("wait", fmt.Sprintf("previous generation pid %d is still draining, waiting", u.ppid))
-		u.log.Info("upgrade waits for previous generation to drain", "parent_pid", u.ppid)
+		left := max(u.opts.DrainTimeout-time.Since(u.readyAt), 0).Round(time.Second)
+		progress("wait", fmt.Sprintf("previous generation pid %d is still draining (drain timeout: %s left at most); the upgrade starts once it has exited", u.ppid, left))
+		u.log.Info("upgrade waits for previous generation to drain", "parent_pid", u.ppid, "left", left)
 		select {
 		case <-u.parent:
+		case <-u.exit:
+			return res, ErrStopping
 		case <-ctx.Done():
 			return res, fmt.Errorf("upgrader: previous generation pid %d still draining: %w", u.ppid, ctx.Err())
 		}
@@ -532,21 +576,23 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	// the phase says whether this generation drains after an upgrade or
 	// stops, which drain reads.
 	u.phaseMu.Lock()
-	u.phase.Store("upgrading")
+	u.setPhase("upgrading")
 	u.sdReloading()
 	u.publishWorkers(false)
+	relay := u.captureStderr()
 	err := u.tf.Upgrade()
+	tail := relay.finish(err != nil)
 	took := time.Since(start)
-	if err == nil {
-		u.phase.Store("draining")
-	}
-	result, err := u.explain(err, took)
-	if err != nil && !errors.Is(err, ErrStopping) {
-		u.phase.Store("ready")
+	phase := "draining"
+	if err != nil {
+		phase = "ready"
 		u.publishWorkers(true)
 	}
+	stopAfter := u.setPhase(phase)
 	u.phaseMu.Unlock()
 	if err != nil {
+		var result string
+		result, err = u.explain(err, took, tail)
 		if errors.Is(err, ErrStopping) {
 			u.log.Info("upgrade abandoned: stopping", "duration", took.Round(time.Millisecond))
 			return res, err
@@ -554,11 +600,18 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 		if result != "" {
 			u.countFailedUpgrade(result)
 		}
+		var ue *UpgradeError
+		if errors.As(err, &ue) {
+			u.reclaimPIDFile()
+		}
 		u.mu.Lock()
 		u.lastError = err.Error()
 		u.mu.Unlock()
-		u.log.Error("upgrade failed, this generation goes on serving", "err", err, "result", result, "duration", took.Round(time.Millisecond))
+		u.log.Error("upgrade failed, this generation goes on serving", "err", err, "duration", took.Round(time.Millisecond))
 		u.sdUpgradeFailed(err)
+		if stopAfter {
+			u.Stop()
+		}
 		return res, err
 	}
 	st, serr := u.state.read()
@@ -569,29 +622,115 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	u.sdUpgraded(st.PID)
 	u.log.Info("upgrade done, draining", "new_pid", st.PID, "new_generation", st.Generation, "duration", took.Round(time.Millisecond))
 	progress("ready", fmt.Sprintf("new generation pid %d ready in %d ms", st.PID, took.Milliseconds()))
+	if stopAfter && st.PID > 0 {
+		u.log.Info("stopping the new generation too, as asked during the upgrade", "new_pid", st.PID)
+		if err := terminate(st.PID); err != nil {
+			u.log.Error("cannot stop the new generation", "new_pid", st.PID, "err", err)
+		}
+	}
 	return res, nil
 }
 
-// explain turns tableflip's errors into an operator's message and the
-// result label of handoff_upgrades_total ("" when no upgrade was tried).
-func (u *Upgrader) explain(err error, took time.Duration) (result string, _ error) {
-	if err == nil {
-		return ResultSuccess, nil
+// setPhase sets the phase and, leaving "upgrading", reports (and forgets)
+// whether a stop was asked during the upgrade.
+func (u *Upgrader) setPhase(phase string) (stopAfter bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.phase.Store(phase)
+	stopAfter, u.stopAfter = u.stopAfter, false
+	return stopAfter
+}
+
+// requestStop stops this generation gracefully, as SIGTERM and the control
+// socket ask; by says how, as a log key and value. During an upgrade it
+// only notes the request and returns false: the upgrade ends first, so
+// that a new generation is never killed once it may serve, and then both
+// generations drain and exit. A second request during the upgrade
+// abandons it.
+func (u *Upgrader) requestStop(by ...any) (now bool) {
+	u.mu.Lock()
+	if u.phase.Load() == "upgrading" && !u.stopAfter {
+		u.stopAfter = true
+		u.mu.Unlock()
+		u.log.Info("stop requested during an upgrade: both generations stop once it has ended", by...)
+		return false
 	}
+	u.mu.Unlock()
+	u.log.Info("stopping", by...)
+	u.Stop()
+	return true
+}
+
+// reclaimPIDFile writes this process's pid back into the PID file after a
+// failed upgrade, in case the new generation wrote its own and then died.
+func (u *Upgrader) reclaimPIDFile() {
+	if u.opts.PIDFile == "" {
+		return
+	}
+	if pids, err := ReadPIDFile(u.opts.PIDFile); err == nil && len(pids) == 1 && pids[0] == os.Getpid() {
+		return
+	}
+	if err := WritePIDFile(u.opts.PIDFile, os.Getpid()); err != nil {
+		u.log.Error("pid file does not name the serving generation and cannot be rewritten", "err", err)
+		return
+	}
+	u.log.Warn("pid file rewritten with the serving generation's pid", "path", u.opts.PIDFile)
+}
+
+// childRe matches tableflip's errors about the new process.
+var childRe = regexp.MustCompile(`^(?:new )?child pid=(\d+) (exited|timed out)(?:: (.*))?$`)
+
+// explain turns tableflip's errors into an operator's message: a one-line
+// *UpgradeError when the new generation failed, with its last lines of
+// stderr, and the result label of handoff_upgrades_total; or one of the
+// sentinel errors and no label.
+func (u *Upgrader) explain(err error, took time.Duration, tail []string) (result string, _ error) {
 	msg := err.Error()
-	switch {
-	case strings.Contains(msg, "timed out"):
-		return ResultTimeout, fmt.Errorf("upgrader: upgrade failed: new generation not ready within the upgrade timeout of %s, killed (%s)", u.opts.UpgradeTimeout, msg)
-	case strings.Contains(msg, "exited"):
-		return ResultExited, fmt.Errorf("upgrader: upgrade failed: new generation exited before ready after %s (%s)", took.Round(time.Millisecond), msg)
-	case msg == "terminating":
+	switch msg {
+	case "terminating":
 		return "", ErrStopping
-	case msg == "upgrade in progress":
+	case "upgrade in progress":
 		return "", ErrUpgradeInProgress
-	case msg == "already upgraded":
+	case "already upgraded":
 		return "", ErrUpgraded
+	case "process is not ready yet":
+		return "", ErrNotReady
 	}
-	return ResultError, fmt.Errorf("upgrader: upgrade failed: %w", err)
+	took = took.Round(time.Millisecond)
+	var why error
+	result = ResultError
+	if m := childRe.FindStringSubmatch(msg); m != nil {
+		pid, status := m[1], m[3]
+		result = ResultExited
+		switch {
+		case m[2] == "timed out":
+			result = ResultTimeout
+			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s timed out: not ready within the upgrade timeout of %s, killed", pid, u.opts.UpgradeTimeout)
+		case status == "":
+			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s exited with exit status 0 before it was ready, after %s", pid, took)
+		case strings.HasPrefix(status, "signal: "):
+			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s was killed by %s before it was ready, after %s", pid, status, took)
+		default:
+			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s exited with %s before it was ready, after %s", pid, status, took)
+		}
+	} else if cause, ok := strings.CutPrefix(msg, "can't start child: can't start process "+os.Args[0]+": "); ok {
+		cause = strings.TrimPrefix(cause, fmt.Sprintf("exec: %q: ", os.Args[0]))
+		why = fmt.Errorf("upgrader: upgrade failed: cannot start the new generation from %s: %s%s", os.Args[0], cause, execHint(cause))
+	} else {
+		why = fmt.Errorf("upgrader: upgrade failed: %w", err)
+	}
+	return result, &UpgradeError{Err: why, Stderr: tail}
+}
+
+// execHint says in words what an exec error usually means.
+func execHint(cause string) string {
+	switch {
+	case strings.HasSuffix(cause, "exec format error"):
+		return " (not an executable for this machine: built for another architecture, truncated or corrupt)"
+	case strings.HasSuffix(cause, "permission denied"):
+		return " (the file is not executable)"
+	}
+	return ""
 }
 
 // Status returns a snapshot of this generation.

@@ -72,6 +72,9 @@ func newWorker(opts Options, w *workerSide, gen int) *Upgrader {
 		ready:   make(chan struct{}),
 		parent:  make(chan struct{}),
 		force:   make(chan struct{}),
+		exit:    make(chan struct{}),
+		abort:   make(chan struct{}),
+		gate:    make(chan struct{}),
 		sd:      &systemd{}, // a worker's NOTIFY_SOCKET is its master's, used by workerReady
 		drainSt: newDrainState(),
 	}
@@ -121,7 +124,7 @@ func (w *workerSide) stop() { w.stopOnce.Do(func() { close(w.stopC) }) }
 // and EOF on the lifeline (the master is gone) stops it at once.
 func (u *Upgrader) serveWorker(ctx context.Context, fn WorkerFunc) error {
 	w := u.worker
-	p := newPool(1, fn, u.lns, u.pcs, u.log)
+	p := newPool(1, fn, u.lns, u.pcs, u.log, nil)
 	u.mu.Lock()
 	u.pool = p
 	u.mu.Unlock()

@@ -180,7 +180,7 @@ func reload(c *cli.Context) error {
 		m, err = control.Follow(ctx, socket, req, show)
 	}
 	if err != nil {
-		return fmt.Errorf("reload failed, the old generation goes on serving: %w", err)
+		return reloadError{err: err, stderr: m.Stderr}
 	}
 	if !c.Bool("no-follow") && !v.drained && v.drainSeen {
 		if ctx.Err() != nil {
@@ -191,6 +191,27 @@ func reload(c *cli.Context) error {
 	}
 	return nil
 }
+
+// reloadError is a failed reload: one line saying why, then the new
+// generation's last lines of stderr if it printed any.
+type reloadError struct {
+	err    error
+	stderr []string
+}
+
+func (e reloadError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "reload failed, the old generation goes on serving: %v", e.err)
+	if len(e.stderr) > 0 {
+		b.WriteString("\n  last lines of the new generation's stderr:")
+		for _, l := range e.stderr {
+			b.WriteString("\n  | " + l)
+		}
+	}
+	return b.String()
+}
+
+func (e reloadError) Unwrap() error { return e.err }
 
 func status(c *cli.Context) error {
 	m, err := request(c, control.CmdStatus, nil)

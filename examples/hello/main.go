@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,11 +15,9 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"runtime"
-	"runtime/debug"
 	"time"
 
-	"github.com/gohandoff/handoff/internal/logging"
+	"github.com/gohandoff/handoff/internal/servicecli"
 	"github.com/gohandoff/handoff/upgrader"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -28,99 +27,59 @@ import (
 // version is stamped at build time with -ldflags "-X main.version=...".
 var version = ""
 
-func main() {
-	if err := run(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "hello:", err)
-		var ue usageError
-		if errors.As(err, &ue) {
-			os.Exit(2)
-		}
-		os.Exit(1)
-	}
-}
+func main() { servicecli.Main("hello", run) }
 
-type usageError struct{ error }
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
-}
+func buildVersion() string { return servicecli.Version(version) }
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("hello", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	listen := fs.String("listen", "127.0.0.1:8080", "`address` to serve HTTP on; systemd:NAME takes the socket systemd passed with that FileDescriptorName=")
-	pidfile := fs.String("pidfile", "run/hello.pid", "PID file `path`; the control socket is next to it")
-	workers := fs.Int("workers", runtime.GOMAXPROCS(0), "workers: goroutines, or processes with --worker-mode process")
-	workerMode := fs.String("worker-mode", string(upgrader.GoroutineWorkers), "`mode` of the workers: goroutine or process")
+	f := servicecli.Register(fs, "127.0.0.1:8080", "run/hello.pid")
+	workerMode := fs.String("worker-mode", string(upgrader.GoroutineWorkers), "`mode` of the workers: goroutine or process (--workers of them)")
 	workersPIDFile := fs.String("workers-pidfile", "", "worker PID file `path` in process mode (default: the PID file's with .workers.pid)")
 	ready := fs.String("ready", "notify", "how a worker process tells it is ready: notify or delay:DUR")
-	upgradeTimeout := fs.Duration("upgrade-timeout", upgrader.DefaultUpgradeTimeout, "how long a new generation may take to be ready")
-	drainTimeout := fs.Duration("drain-timeout", upgrader.DefaultDrainTimeout, "how long the old generation may take to finish its requests")
-	logFormat := fs.String("log-format", "text", "log `format`: text or json")
-	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (off if empty)")
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(os.Stdout)
-			fmt.Println("Usage: hello [flags]")
-			fs.PrintDefaults()
-			return err
-		}
-		return usageError{err}
+	tlsCert := fs.String("tls-cert", "", "serve HTTPS and HTTP/2 with the PEM certificate chain in this `file` (with --tls-key)")
+	tlsKey := fs.String("tls-key", "", "PEM private key `file` of --tls-cert")
+	if err := f.Parse(args); err != nil {
+		return err
 	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	if (*tlsCert == "") != (*tlsKey == "") {
+		return servicecli.Usage(errors.New("flags -tls-cert and -tls-key go together"))
 	}
-	switch {
-	case *workers < 1:
-		return usageError{fmt.Errorf("invalid value %d for flag -workers: must be at least 1", *workers)}
-	case *upgradeTimeout <= 0:
-		return usageError{fmt.Errorf("invalid value %s for flag -upgrade-timeout: must be positive", *upgradeTimeout)}
-	case *drainTimeout <= 0:
-		return usageError{fmt.Errorf("invalid value %s for flag -drain-timeout: must be positive", *drainTimeout)}
-	case *workerMode != string(upgrader.GoroutineWorkers) && *workerMode != string(upgrader.ProcessWorkers):
-		return usageError{fmt.Errorf("invalid value %q for flag -worker-mode: want goroutine or process", *workerMode)}
+	if *workerMode != string(upgrader.GoroutineWorkers) && *workerMode != string(upgrader.ProcessWorkers) {
+		return servicecli.Usage(fmt.Errorf("invalid value %q for flag -worker-mode: want goroutine or process", *workerMode))
 	}
 	readyDelay, err := upgrader.ParseReady(*ready)
 	if err != nil {
-		return usageError{fmt.Errorf("flag -ready: %w", err)}
+		return servicecli.Usage(fmt.Errorf("flag -ready: %w", err))
 	}
-	log, err := logging.New(os.Stderr, *logFormat, *logLevel)
-	if err != nil {
-		return usageError{fmt.Errorf("flag -log-format/-log-level: %w", err)}
+	if *metricsAddr != "" {
+		if err := servicecli.CheckAddr(*metricsAddr); err != nil {
+			return servicecli.Usage(fmt.Errorf("invalid value %q for flag -metrics: %w", *metricsAddr, err))
+		}
 	}
-	slog.SetDefault(log)
-	if *showVersion {
+	slog.SetDefault(f.Log)
+	if f.ShowVersion {
 		fmt.Println(buildVersion())
 		return nil
 	}
 
+	var tlsConfig *tls.Config
+	if *tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+		if err != nil {
+			return servicecli.Usage(fmt.Errorf("flags -tls-cert/-tls-key: %w", err))
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	}
 	var reg *prometheus.Registry
+	opts := f.Options(buildVersion())
+	opts.WorkerMode = upgrader.WorkerMode(*workerMode)
+	opts.WorkersPIDFile = *workersPIDFile
+	opts.WorkerReadyDelay = readyDelay
 	if *metricsAddr != "" {
 		reg = prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	}
-	opts := upgrader.Options{
-		PIDFile:          *pidfile,
-		Workers:          *workers,
-		UpgradeTimeout:   *upgradeTimeout,
-		DrainTimeout:     *drainTimeout,
-		Version:          buildVersion(),
-		WorkerMode:       upgrader.WorkerMode(*workerMode),
-		WorkersPIDFile:   *workersPIDFile,
-		WorkerReadyDelay: readyDelay,
-	}
-	if reg != nil {
 		opts.Metrics = reg
 	}
 	upg, err := upgrader.New(opts)
@@ -129,7 +88,7 @@ func run(args []string) error {
 	}
 	defer upg.Stop()
 	slog.SetDefault(upg.Logger()) // every line with pid and generation
-	if _, err := upg.Listen("tcp", *listen); err != nil {
+	if _, err := upg.Listen("tcp", f.Listen); err != nil {
 		return err
 	}
 	if reg != nil {
@@ -141,6 +100,7 @@ func run(args []string) error {
 	}
 	srv := &upgrader.HTTPServer{Server: &http.Server{
 		Handler:           newMux(upg),
+		TLSConfig:         tlsConfig,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(upg.Logger().Handler(), slog.LevelWarn),
 	}}

@@ -52,6 +52,9 @@ type Message struct {
 	Status  *Status        `json:"status,omitempty"`
 	Upgrade *UpgradeResult `json:"upgrade,omitempty"`
 	Drain   *Drain         `json:"drain,omitempty"`
+	// Stderr holds the last lines of stderr of a new generation that
+	// failed before it was ready, on the final message of an upgrade.
+	Stderr []string `json:"stderr,omitempty"`
 }
 
 // Drain is the progress of an old generation's drain after an upgrade.

@@ -1,0 +1,173 @@
+//go:build integration
+
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// lookTool returns the path of a load tool, or skips the test saying how
+// to install it (.ci/run does).
+func lookTool(t *testing.T, name, pkg string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		t.Skipf("%s not installed (apt-get install %s; .ci/run installs it)", name, pkg)
+	}
+	return path
+}
+
+// upgradeN upgrades s for the i-th time (from 0), alternating versions.
+func (s *service) upgradeN(i int) {
+	s.t.Helper()
+	bin := helloV2
+	if i%2 == 1 {
+		bin = helloV1
+	}
+	install(s.t, bin, s.exe)
+	s.reload()
+}
+
+// countIn returns the number after label in a tool's report, 0 when the
+// line is missing (ab and wrk print some lines only when not zero).
+func countIn(t *testing.T, report, pattern string) int {
+	t.Helper()
+	m := regexp.MustCompile(pattern).FindStringSubmatch(report)
+	if m == nil {
+		return 0
+	}
+	n, err := strconv.Atoi(m[1])
+	if err != nil {
+		t.Fatalf("%q in report: %v", m[0], err)
+	}
+	return n
+}
+
+// Row 16: ab -k, keep-alive clients, through 5 upgrades: every request
+// completes, none fails.
+func TestFaultApacheBenchKeepAlive(t *testing.T) {
+	ab := lookTool(t, "ab", "apache2-utils")
+	s := startHello(t, helloV1)
+	const total = 40000
+	cmd := exec.Command(ab, "-k", "-c", "50", "-n", strconv.Itoa(total), "-s", "30", "http://"+s.addr+"/")
+	var report bytes.Buffer
+	cmd.Stdout = &report
+	progress, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// ab says "Completed N requests" every tenth of the run: upgrade after
+	// each of the first five.
+	sc := bufio.NewScanner(progress)
+	upgrades := 0
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "Finished") {
+			break
+		}
+		if strings.HasPrefix(line, "Completed") && upgrades < 5 {
+			s.upgradeN(upgrades)
+			upgrades++
+		}
+	}
+	var rest bytes.Buffer
+	rest.ReadFrom(progress)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("ab: %v\n%s%s", err, report.String(), rest.String())
+	}
+	if upgrades < 5 {
+		t.Fatalf("ab finished after %d upgrades, want 5 during its run", upgrades)
+	}
+	out := report.String()
+	complete := countIn(t, out, `Complete requests:\s+(\d+)`)
+	failed := countIn(t, out, `Failed requests:\s+(\d+)`)
+	non2xx := countIn(t, out, `Non-2xx responses:\s+(\d+)`)
+	writeErrs := countIn(t, out, `Write errors:\s+(\d+)`)
+	keepAlive := countIn(t, out, `Keep-Alive requests:\s+(\d+)`)
+	t.Logf("ab -k through %d upgrades: complete=%d failed=%d non-2xx=%d write errors=%d keep-alive=%d", upgrades, complete, failed, non2xx, writeErrs, keepAlive)
+	if complete != total || failed != 0 || non2xx != 0 || writeErrs != 0 || keepAlive == 0 {
+		t.Errorf("ab report:\n%s", out)
+	}
+}
+
+// established counts the established client connections to addr.
+func established(t *testing.T, addr string) int {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf(":%04X", p)
+	n := 0
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 3 && strings.HasSuffix(f[2], want) && f[3] == "01" {
+			n++
+		}
+	}
+	return n
+}
+
+// Row 16: wrk, keep-alive clients, through 5 upgrades: no socket error and
+// no answer other than 200.
+func TestFaultWrkKeepAlive(t *testing.T) {
+	wrk := lookTool(t, "wrk", "wrk")
+	s := startHello(t, helloV1)
+	const conns = 50
+	cmd := exec.Command(wrk, "-t", "2", "-c", strconv.Itoa(conns), "-d", "120s", "--timeout", "10s", "http://"+s.addr+"/")
+	var report bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &report, &report
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// wrk has connected once the kernel shows its connections.
+	tick := time.NewTicker(10 * time.Millisecond)
+	for established(t, s.addr) < conns {
+		if time.Now().After(deadline(t)) {
+			t.Fatalf("wrk has not connected:\n%s", report.String())
+		}
+		<-tick.C
+	}
+	tick.Stop()
+	for i := range 5 {
+		s.upgradeN(i)
+		// The previous generation exits once wrk's connections on it
+		// have all been answered and closed: wrk ran through the drain.
+		s.log.waitFor(t, 0, "previous generation exited", fmt.Sprintf("generation=%d", i+2))
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("wrk: %v\n%s", err, report.String())
+	}
+	out := report.String()
+	requests := countIn(t, out, `(\d+) requests in`)
+	m := regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`).FindStringSubmatch(out)
+	socketErrs := 0
+	for _, v := range m[min(1, len(m)):] {
+		n, _ := strconv.Atoi(v)
+		socketErrs += n
+	}
+	non2xx := countIn(t, out, `Non-2xx or 3xx responses: (\d+)`)
+	t.Logf("wrk through 5 upgrades: requests=%d socket errors=%d non-2xx=%d", requests, socketErrs, non2xx)
+	if requests == 0 || socketErrs != 0 || non2xx != 0 {
+		t.Errorf("wrk report:\n%s", out)
+	}
+}

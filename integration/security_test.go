@@ -1,0 +1,224 @@
+//go:build integration
+
+package integration
+
+// The security promises of docs/faults.md.
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// nobody is the uid and gid of the "other user" of these tests.
+const nobody = 65534
+
+// runAs runs exe with args as uid nobody, with the given capabilities
+// raised, and returns its exit code and output.
+func runAs(t *testing.T, caps []uintptr, exe string, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(exe, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential:  &syscall.Credential{Uid: nobody, Gid: nobody},
+		AmbientCaps: caps,
+	}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	done := make(chan error, 1)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode(), out.String()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return 0, out.String()
+	case <-time.After(time.Until(deadline(t))):
+		cmd.Process.Kill()
+		t.Fatalf("%s %q as uid %d did not end", exe, args, nobody)
+	}
+	return 0, ""
+}
+
+// The control socket is mode 0600, in every generation, and answers only
+// the owning uid: another uid cannot connect, and one that can (with
+// CAP_DAC_OVERRIDE) is refused after a check of its credentials.
+func TestSecurityControlSocketOwnerOnly(t *testing.T) {
+	s := startHello(t, helloV1)
+	sock := strings.TrimSuffix(s.pidfile, ".pid") + ".sock"
+	wantMode := func() {
+		t.Helper()
+		fi, err := os.Lstat(sock)
+		if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+			t.Errorf("control socket %s: %v %v, want a socket of mode 0600", sock, fi.Mode(), err)
+		}
+	}
+	wantMode()
+	install(t, helloV2, s.exe)
+	s.reload()
+	wantMode()
+
+	if os.Geteuid() != 0 {
+		t.Skip("the peer credential check needs root to run a client as another uid")
+	}
+	// Let the other uid reach the socket's folder and run the CLI, so that
+	// only the socket itself stands in its way.
+	for d := filepath.Dir(sock); d != filepath.Dir(filepath.Dir(s.dir)); d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli := filepath.Join(s.dir, "handoff")
+	install(t, handoffBin, cli)
+
+	code, out := runAs(t, nil, cli, "reload", "--pidfile", s.pidfile)
+	t.Logf("uid %d: exit %d: %s", nobody, code, out)
+	if code == 0 || !strings.Contains(out, "permission denied") {
+		t.Errorf("uid %d without privileges: exit %d %q, want permission denied", nobody, code, out)
+	}
+	from := s.log.len()
+	code, out = runAs(t, []uintptr{unix.CAP_DAC_OVERRIDE}, cli, "reload", "--pidfile", s.pidfile)
+	t.Logf("uid %d with CAP_DAC_OVERRIDE: exit %d: %s", nobody, code, out)
+	if want := fmt.Sprintf("refused: peer uid %d", nobody); code == 0 || !strings.Contains(out, want) {
+		t.Errorf("uid %d with CAP_DAC_OVERRIDE: exit %d %q, want %q", nobody, code, out, want)
+	}
+	s.log.waitFor(t, from, "control request refused", fmt.Sprintf("peer uid %d", nobody))
+	if strings.Contains(s.log.String(), "generation=3") {
+		t.Errorf("a refused reload upgraded the service:\n%s", s.log)
+	}
+}
+
+// The PID file is replaced atomically, never written through a symlink
+// planted at its path, at start and at an upgrade.
+func TestSecurityPIDFileSymlinkReplaced(t *testing.T) {
+	s := newService(t, helloV1, "hello")
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("precious\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	plant := func() {
+		t.Helper()
+		os.Remove(s.pidfile)
+		if err := os.Symlink(victim, s.pidfile); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(gen int) {
+		t.Helper()
+		fi, err := os.Lstat(s.pidfile)
+		if err != nil || !fi.Mode().IsRegular() {
+			t.Errorf("generation %d: pid file %v %v, want a regular file", gen, fi.Mode(), err)
+		}
+		if got := s.pidFileBytes(); got != fmt.Sprintf("%d\n", s.pid()) {
+			t.Errorf("generation %d: pid file holds %q", gen, got)
+		}
+		if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
+			t.Errorf("generation %d: the symlink's target was written: %q", gen, b)
+		}
+		tmps, _ := filepath.Glob(filepath.Join(filepath.Dir(s.pidfile), ".hello.pid.tmp*"))
+		if len(tmps) > 0 {
+			t.Errorf("generation %d: temporary files left: %v", gen, tmps)
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(s.pidfile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	plant()
+	s.start()
+	s.log.waitFor(t, 0, "msg=ready", "generation=1")
+	check(1)
+	plant()
+	install(t, helloV2, s.exe)
+	s.reload()
+	check(2)
+}
+
+// closeOnExecAll marks every descriptor of the test process but 0, 1 and 2
+// close-on-exec, so that the service starts with none of those the test
+// inherited from whatever started it.
+func closeOnExecAll(t *testing.T) {
+	t.Helper()
+	names, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		if fd, err := strconv.Atoi(n.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
+}
+
+// inherited is what testsvc's GET /spawn answers.
+type inherited struct {
+	PID int      `json:"pid"`
+	Gen int      `json:"generation"`
+	FDs []int    `json:"fds"`
+	Env []string `json:"env"`
+	Err string   `json:"error"`
+}
+
+// A process the application spawns inherits no descriptor but 0, 1 and 2
+// and no internal environment variable, in the first generation and in a
+// new one while the previous generation still drains.
+func TestSecurityNothingLeaksToSpawnedProcesses(t *testing.T) {
+	testsvc := buildBin(t, "integration/testdata/testsvc", "v1")
+	closeOnExecAll(t)
+	s := newService(t, testsvc, "svc")
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "HANDOFF_") && !strings.HasPrefix(kv, "TABLEFLIP_") {
+			s.env = append(s.env, kv)
+		}
+	}
+	s.start()
+	s.log.waitFor(t, 0, "msg=ready", "generation=1")
+	spawn := func(gen int) {
+		t.Helper()
+		c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
+		resp, err := c.Get("http://" + s.addr + "/spawn")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		var in inherited
+		if err := json.Unmarshal(b, &in); err != nil || in.Err != "" {
+			t.Fatalf("GET /spawn: %q %v", b, err)
+		}
+		if in.Gen != gen {
+			t.Fatalf("GET /spawn answered by generation %d, want %d", in.Gen, gen)
+		}
+		t.Logf("generation %d: spawned process has fds %v", gen, in.FDs)
+		if !slices.Equal(in.FDs, []int{0, 1, 2}) {
+			t.Errorf("generation %d: spawned process has fds %v, want [0 1 2]", gen, in.FDs)
+		}
+		for _, kv := range in.Env {
+			if strings.HasPrefix(kv, "HANDOFF_") || strings.HasPrefix(kv, "TABLEFLIP_") {
+				t.Errorf("generation %d: spawned process inherited %s", gen, kv)
+			}
+		}
+	}
+	spawn(1)
+	held := holdRequest(t, s.addr) // generation 1 drains while 2 spawns
+	install(t, testsvc, s.exe)
+	s.reload()
+	spawn(2)
+	held.wantFinished()
+}

@@ -1,0 +1,133 @@
+// Command testsvc is an HTTP service on the upgrader for the integration
+// tests. GET /spawn starts a process, as an application may, and answers
+// with what that process inherited: its open descriptors and its
+// environment.
+// With --hang-worker, one worker never reports ready while the others
+// serve: a new generation that hangs before ready.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/gohandoff/handoff/upgrader"
+)
+
+// Inherited is what a spawned process found.
+type Inherited struct {
+	PID       int      `json:"pid"`        // the service's pid
+	Gen       int      `json:"generation"` // the service's generation
+	FDs       []int    `json:"fds"`
+	Env       []string `json:"env"`
+	ParentErr string   `json:"error,omitempty"`
+}
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "testsvc:", err)
+		os.Exit(1)
+	}
+}
+
+// spawn starts cat, as an application may start a helper, and reads what
+// it inherited from /proc once it has echoed a line, so once it is done
+// starting (the loader and libc open files of their own meanwhile).
+func spawn(ctx context.Context) (fds []int, env []string, err error) {
+	cmd := exec.CommandContext(ctx, "cat")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, err
+	}
+	defer cmd.Wait()
+	defer stdin.Close()
+	if _, err := io.WriteString(stdin, "ready\n"); err != nil {
+		return nil, nil, err
+	}
+	if _, err := bufio.NewReader(stdout).ReadString('\n'); err != nil {
+		return nil, nil, fmt.Errorf("cat did not echo: %w", err)
+	}
+	dir := fmt.Sprintf("/proc/%d/", cmd.Process.Pid)
+	ents, err := os.ReadDir(dir + "fd")
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil {
+			fds = append(fds, fd)
+		}
+	}
+	slices.Sort(fds)
+	b, err := os.ReadFile(dir + "environ")
+	if err != nil {
+		return nil, nil, err
+	}
+	for kv := range strings.SplitSeq(strings.TrimRight(string(b), "\x00"), "\x00") {
+		env = append(env, kv)
+	}
+	return fds, env, nil
+}
+
+func run() error {
+	listen := flag.String("listen", "127.0.0.1:0", "address")
+	pidfile := flag.String("pidfile", "", "PID file")
+	workers := flag.Int("workers", 2, "workers")
+	upgradeTimeout := flag.Duration("upgrade-timeout", 0, "upgrade timeout")
+	hang := flag.Bool("hang-worker", false, "one worker never reports ready")
+	flag.Parse()
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	upg, err := upgrader.New(upgrader.Options{PIDFile: *pidfile, Workers: *workers, UpgradeTimeout: *upgradeTimeout, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer upg.Stop()
+	if _, err := upg.Listen("tcp", *listen); err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "ok pid=%d generation=%d\n", os.Getpid(), upg.Generation())
+	})
+	mux.HandleFunc("GET /spawn", func(w http.ResponseWriter, r *http.Request) {
+		in := Inherited{PID: os.Getpid(), Gen: upg.Generation()}
+		var err error
+		if in.FDs, in.Env, err = spawn(r.Context()); err != nil {
+			in.ParentErr = err.Error()
+		}
+		json.NewEncoder(w).Encode(in)
+	})
+	srv := &upgrader.HTTPServer{Server: &http.Server{Handler: mux}}
+	worker := srv.Worker
+	if *hang {
+		worker = func(ctx context.Context, w *upgrader.Worker) error {
+			if w.ID == 0 {
+				w.Logger.Info("worker hangs before ready")
+				<-w.Draining()
+				return nil
+			}
+			return srv.Worker(ctx, w)
+		}
+	}
+	return upg.Serve(context.Background(), worker)
+}

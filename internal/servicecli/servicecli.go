@@ -1,0 +1,154 @@
+// Package servicecli is the command line the example services share: the
+// flags every service on the upgrader has, their checks before anything
+// starts, and the exit status (2 for a bad command line, naming the flag).
+package servicecli
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gohandoff/handoff/internal/logging"
+	"github.com/gohandoff/handoff/upgrader"
+)
+
+// usageError marks a bad command line.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// Usage marks err as a bad command line: Main exits with status 2.
+func Usage(err error) error { return usageError{err} }
+
+// Main runs run with the command line's arguments and exits: 0 on
+// success or -h, 2 on a usage error, 1 on any other, printed after name.
+func Main(name string, run func(args []string) error) {
+	err := run(os.Args[1:])
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		os.Exit(2)
+	}
+	os.Exit(1)
+}
+
+// Version returns the version stamped at build time with -ldflags "-X
+// main.version=...", else the module's version, else "dev".
+func Version(stamped string) string {
+	if stamped != "" {
+		return stamped
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// Flags are the flags of every example service. Parse fills Log.
+type Flags struct {
+	Listen         string
+	PIDFile        string
+	Workers        int
+	UpgradeTimeout time.Duration
+	DrainTimeout   time.Duration
+	LogFormat      string
+	LogLevel       string
+	ShowVersion    bool
+	Log            *slog.Logger
+
+	fs *flag.FlagSet
+}
+
+// Register defines the shared flags on fs, with the service's default
+// address and PID file. A service defines its own flags on fs after.
+func Register(fs *flag.FlagSet, listen, pidfile string) *Flags {
+	f := &Flags{fs: fs}
+	fs.StringVar(&f.Listen, "listen", listen, "`address` to serve on; systemd:NAME takes the socket systemd passed with that FileDescriptorName=")
+	fs.StringVar(&f.PIDFile, "pidfile", pidfile, "PID file `path`; the control socket is next to it")
+	fs.IntVar(&f.Workers, "workers", runtime.GOMAXPROCS(0), "number of workers")
+	fs.DurationVar(&f.UpgradeTimeout, "upgrade-timeout", upgrader.DefaultUpgradeTimeout, "how long a new generation may take to be ready")
+	fs.DurationVar(&f.DrainTimeout, "drain-timeout", upgrader.DefaultDrainTimeout, "how long the old generation may take to finish its work")
+	fs.StringVar(&f.LogFormat, "log-format", "text", "log `format`: text or json")
+	fs.StringVar(&f.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.BoolVar(&f.ShowVersion, "version", false, "print the version and exit")
+	return f
+}
+
+// Parse parses args and checks every shared flag, so that a bad command
+// line starts nothing. It returns a usage error naming the culprit, or
+// flag.ErrHelp once it printed the usage for -h.
+func (f *Flags) Parse(args []string) error {
+	f.fs.SetOutput(io.Discard)
+	if err := f.fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			f.fs.SetOutput(os.Stdout)
+			fmt.Printf("Usage: %s [flags]\n", f.fs.Name())
+			f.fs.PrintDefaults()
+			return err
+		}
+		return Usage(err)
+	}
+	if f.fs.NArg() > 0 {
+		return Usage(fmt.Errorf("unexpected argument %q", f.fs.Arg(0)))
+	}
+	if err := CheckAddr(f.Listen); err != nil {
+		return Usage(fmt.Errorf("invalid value %q for flag -listen: %w", f.Listen, err))
+	}
+	switch {
+	case f.Workers < 1:
+		return Usage(fmt.Errorf("invalid value %d for flag -workers: must be at least 1", f.Workers))
+	case f.UpgradeTimeout <= 0:
+		return Usage(fmt.Errorf("invalid value %s for flag -upgrade-timeout: must be positive", f.UpgradeTimeout))
+	case f.DrainTimeout <= 0:
+		return Usage(fmt.Errorf("invalid value %s for flag -drain-timeout: must be positive", f.DrainTimeout))
+	}
+	log, err := logging.New(os.Stderr, f.LogFormat, f.LogLevel)
+	if err != nil {
+		return Usage(fmt.Errorf("flag -log-format/-log-level: %w", err))
+	}
+	f.Log = log
+	return nil
+}
+
+// CheckAddr checks a host:port address with a numeric port, or
+// systemd:NAME for a socket passed by systemd under that name.
+func CheckAddr(addr string) error {
+	if name, ok := strings.CutPrefix(addr, "systemd:"); ok {
+		if name == "" {
+			return errors.New("systemd: needs the socket's FileDescriptorName")
+		}
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	return nil
+}
+
+// Options returns the upgrader options the flags ask for.
+func (f *Flags) Options(version string) upgrader.Options {
+	return upgrader.Options{
+		PIDFile:        f.PIDFile,
+		Workers:        f.Workers,
+		UpgradeTimeout: f.UpgradeTimeout,
+		DrainTimeout:   f.DrainTimeout,
+		Version:        version,
+		Logger:         f.Log,
+	}
+}
