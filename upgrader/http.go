@@ -188,7 +188,9 @@ func (s *HTTPServer) closeIdle(drainStart time.Time) int {
 		}
 		idle := (ci.state == http.StateIdle && now.Sub(since) >= s.IdleGrace) ||
 			(ci.state == http.StateNew && now.Sub(since) >= newConnGrace)
-		if idle {
+		// A request that has arrived but that no goroutine has read yet
+		// (a starved server) makes the connection busy, not idle.
+		if idle && !pendingInput(c) {
 			c.Close()
 			delete(s.conns, c)
 			continue

@@ -580,7 +580,7 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	u.sdReloading()
 	u.publishWorkers(false)
 	relay := u.captureStderr()
-	err := u.tf.Upgrade()
+	err := u.tfUpgrade()
 	tail := relay.finish(err != nil)
 	took := time.Since(start)
 	phase := "draining"
@@ -629,6 +629,21 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 		}
 	}
 	return res, nil
+}
+
+// tfUpgrade runs tableflip's upgrade. Our parent channel closes when
+// tableflip's WaitForParent returns, which can be a moment before
+// tableflip's own loop has seen the parent exit and refuses with "parent
+// hasn't exited": that refusal is retried for up to a second.
+func (u *Upgrader) tfUpgrade() error {
+	deadline := time.Now().Add(time.Second)
+	for {
+		err := u.tf.Upgrade()
+		if err == nil || err.Error() != "parent hasn't exited" || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // setPhase sets the phase and, leaving "upgrading", reports (and forgets)
