@@ -34,11 +34,11 @@ func TestStats(t *testing.T) {
 
 func TestParseStat(t *testing.T) {
 	t.Parallel()
-	st, ok := parseStat([]byte("4242 (my (odd) name) S 17 4200 4200 0 -1 4194560 101 0 0 0"))
-	if !ok || st != (procStat{pid: 4242, ppid: 17, pgid: 4200}) {
-		t.Errorf("parseStat = %+v %v, want pid 4242 ppid 17 pgid 4200", st, ok)
+	st, ok := parseStat([]byte("4242 (my (odd) name) S 17 4200 4200 0 -1 4194560 101 0 0 0 250 40 0 0 20 0 3"))
+	if !ok || st != (procStat{pid: 4242, ppid: 17, pgid: 4200, cpuTicks: 290}) {
+		t.Errorf("parseStat = %+v %v, want pid 4242 ppid 17 pgid 4200 cpu 290", st, ok)
 	}
-	if _, ok := parseStat([]byte("4243 (zombie) Z 17 4200 4200")); ok {
+	if _, ok := parseStat([]byte("4243 (zombie) Z 17 4200 4200 0 -1 4194560 101 0 0 0 250 40 0 0 20 0 3")); ok {
 		t.Error("parseStat kept a zombie")
 	}
 }
@@ -170,7 +170,7 @@ func TestMarkdownAndPicture(t *testing.T) {
 	rep.summarize()
 	md := string(rep.markdown("x.svg"))
 	for _, want := range []string{
-		"| tableflip | upgrades, new conn (seed's test) | 14250 | 600 (read 600) [per run [300 300]] |",
+		"| tableflip | upgrades, new conn (seed's test) | 14250 | 600 (read 600) [per run [300 300]] | 1425 (950–1900) | 0.95 | 0.95 |",
 		"| handoff | upgrade latency p50 ≤ 1.2 × tableflip reference | 13.0 ms vs 10.0 ms = 1.30 × | **missed** |",
 		"skipped **nginx**: nginx is not installed",
 		"![requests/s and p99 latency per second through the upgrades](x.svg)",
