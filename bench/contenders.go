@@ -205,6 +205,11 @@ func (in *instance) stop() {
 	}
 	<-in.waited
 	os.RemoveAll(in.dir)
+	// The output of every run is kept for a look after the fact.
+	logs := filepath.Join(filepath.Dir(in.dir), "logs")
+	if os.MkdirAll(logs, 0o755) == nil {
+		os.WriteFile(filepath.Join(logs, filepath.Base(in.dir)+".log"), []byte(in.lines.tail(1<<30)+"\n"), 0o644)
+	}
 }
 
 // waitNewPID polls the PID file every 200 µs until it names a pid other

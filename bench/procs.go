@@ -129,9 +129,9 @@ type usage struct {
 	CPU time.Duration
 }
 
-// sampleUsage samples pg's processes every 100 ms until the returned
-// function is called, which returns the peak of their summed RSS and the
-// CPU time they used since the call.
+// sampleUsage samples pg's processes every 200 ms (a scan of /proc costs
+// about 2 ms) until the returned function is called, which returns the
+// peak of their summed RSS and the CPU time they used since the call.
 func sampleUsage(pg int) (end func() usage) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -162,7 +162,7 @@ func sampleUsage(pg int) (end func() usage) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		tick := time.NewTicker(100 * time.Millisecond)
+		tick := time.NewTicker(200 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			select {
