@@ -73,8 +73,9 @@ func run(args []string, stdout io.Writer) error {
 	fs.DurationVar(&cfg.keepAliveFor, "keepalive-duration", 4*time.Second, "length of a keep-alive load with wrk (it has no request count)")
 	fs.StringVar(&cfg.tools, "tools", "auto", "load generators: auto (ab and wrk when installed) or go (internal/load only)")
 	only := fs.String("only", "", "comma-separated contenders to run (baseline is always run)")
+	render := fs.String("render", "", "rewrite the report of an earlier run from its `JSON` file instead of running")
 	onlyLoads := fs.String("loads", "", "comma-separated loads to run: steady, upgrades, steady-ka, upgrades-ka (default all)")
-	fs.DurationVar(&cfg.budget, "budget", 10*time.Minute, "start no round that the last round's length says would end after this long")
+	fs.DurationVar(&cfg.budget, "budget", 11*time.Minute, "start no round that the last round's length says would end after this long")
 	fs.StringVar(&cfg.note, "note", "", "a line for the report, e.g. that the machine was shared")
 	fs.DurationVar(&cfg.upgradeTimeout, "upgrade-timeout", time.Minute, "give up on one upgrade after this long")
 	if err := fs.Parse(args); err != nil {
@@ -103,6 +104,14 @@ func run(args []string, stdout io.Writer) error {
 				return usageError{fmt.Errorf("invalid value %q for flag -only: no contender %q", *only, n)}
 			}
 		}
+	}
+	if *render != "" {
+		paths, err := rerender(*render)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "wrote", strings.Join(paths, ", "))
+		return nil
 	}
 	if *onlyLoads != "" {
 		cfg.loads = strings.Split(*onlyLoads, ",")
@@ -232,7 +241,7 @@ func bench(ctx context.Context, cfg config, stdout io.Writer) error {
 	}
 	rep.Took = time.Since(began)
 	rep.Machine.LoadEnd = loadAvg()
-	paths, err := rep.write(cfg.out)
+	paths, err := rep.write(cfg.out, true)
 	if err != nil {
 		return err
 	}
