@@ -489,7 +489,7 @@ func (rep *report) markdown(svgName string) []byte {
 		p("**Note:** %s\n\n", rep.Note)
 	}
 	p("Method: %d round(s); each round starts every contender afresh and, for each kind of connection, runs on each contender in turn (in an order rotated by one each round) its steady load then its load with upgrades. Figures are medians over the rounds; the spread is the lowest–highest requests/s. Ratios are taken within a round, against the baseline's steady state with the same connections, or the contender's own, then their median is quoted. Server CPU is the user+system time of the contender's processes during the load, per 1000 answers: it moves much less than requests/s when other work shares the machine. Every failure counts: connect, read (connection closed or reset before a whole answer), write, timeout, non-2xx.\n\n", rep.Rounds)
-	p("Loads: %d clients. A connection per request: %s. Keep-alive: %s.\n\n", rep.Config["concurrency"], toolText(rep, false), toolText(rep, true))
+	p("Loads: %v clients. A connection per request: %s. Keep-alive: %s.\n\n", rep.Config["concurrency"], toolText(rep, false), toolText(rep, true))
 	for _, s := range rep.Skipped {
 		p("- skipped **%s**: %s\n", s.Name, s.Why)
 	}
@@ -555,9 +555,9 @@ func (rep *report) markdown(svgName string) []byte {
 		p("\n")
 	}
 	p("## Through the upgrades\n\n![requests/s and p99 latency per second through the upgrades](%s)\n\n", svgName)
-	p("Requests/s and p99 latency per second in the seed's test (a connection per request, %v upgrades; the baseline's line is its steady state), from the round with each contender's median rate. Triangles mark the upgrades.\n\n", rep.Config["upgrades"])
+	p("Requests/s and p99 latency per second in the seed's test (a connection per request, %v upgrades; the baseline's line is its steady state), from the round with each contender's median rate (ab's per-request timings, failed requests included). Triangles mark the upgrades.\n\n", rep.Config["upgrades"])
 	if errs := rep.upgradeErrors(); len(errs) > 0 {
-		p("## Failed upgrades\n\n")
+		p("## Upgrades that failed or did not run\n\n")
 		for _, e := range errs {
 			p("- %s\n", e)
 		}
