@@ -1,3 +1,5 @@
+//go:build !windows
+
 // Command bench is `make bench`: it starts each contender on loopback in
 // turn (a bare net/http baseline, a cloudflare/tableflip reference, handoff's
 // hello, the Node.js cluster pattern and nginx when installed), runs the

@@ -84,7 +84,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				}},
 				Action: stop,
 			},
-			verifyCommand,
+			verifyCommand(),
 		},
 	}
 	for _, c := range app.Commands {

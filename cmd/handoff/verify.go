@@ -21,21 +21,25 @@ import (
 // upgradeTimeout bounds one upgrade triggered by verify, drain included.
 const upgradeTimeout = 2 * time.Minute
 
-var verifyCommand = &cli.Command{
-	Name:  "verify",
-	Usage: "prove zero downtime on the running service: load it, upgrade it under the load, count every failed request",
-	UsageText: "handoff verify --url URL [--pidfile PATH] [--upgrades N] [--concurrency N] [--duration DUR] [--keepalive] [--json]\n\n" +
-		"Exits 0 when every request got a 2xx answer and every upgrade succeeded, 1 otherwise.",
-	Flags: []cli.Flag{
-		&cli.StringFlag{Name: "url", Usage: "http://HOST:PORT/PATH to load (plain HTTP/1.1)", EnvVars: []string{"HANDOFF_URL"}},
-		pidfileFlag,
-		&cli.IntFlag{Name: "upgrades", Usage: "upgrades spread through the load", Value: 5, EnvVars: []string{"HANDOFF_UPGRADES"}},
-		&cli.IntFlag{Name: "concurrency", Usage: "clients, each with one request in flight", Value: 200, EnvVars: []string{"HANDOFF_CONCURRENCY"}},
-		&cli.DurationFlag{Name: "duration", Usage: "how long to load the service", Value: 30 * time.Second, EnvVars: []string{"HANDOFF_DURATION"}},
-		&cli.BoolFlag{Name: "keepalive", Usage: "reuse connections instead of one connection per request", EnvVars: []string{"HANDOFF_KEEPALIVE"}},
-		jsonFlag,
-	},
-	Action: verifyAction,
+// verifyCommand returns the verify command; newApp wraps its Action, so
+// every app gets a command of its own.
+func verifyCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "verify",
+		Usage: "prove zero downtime on the running service: load it, upgrade it under the load, count every failed request",
+		UsageText: "handoff verify --url URL [--pidfile PATH] [--upgrades N] [--concurrency N] [--duration DUR] [--keepalive] [--json]\n\n" +
+			"Exits 0 when every request got a 2xx answer and every upgrade succeeded, 1 otherwise.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "url", Usage: "http://HOST:PORT/PATH to load (plain HTTP/1.1)", EnvVars: []string{"HANDOFF_URL"}},
+			pidfileFlag,
+			&cli.IntFlag{Name: "upgrades", Usage: "upgrades spread through the load", Value: 5, EnvVars: []string{"HANDOFF_UPGRADES"}},
+			&cli.IntFlag{Name: "concurrency", Usage: "clients, each with one request in flight", Value: 200, EnvVars: []string{"HANDOFF_CONCURRENCY"}},
+			&cli.DurationFlag{Name: "duration", Usage: "how long to load the service", Value: 30 * time.Second, EnvVars: []string{"HANDOFF_DURATION"}},
+			&cli.BoolFlag{Name: "keepalive", Usage: "reuse connections instead of one connection per request", EnvVars: []string{"HANDOFF_KEEPALIVE"}},
+			jsonFlag,
+		},
+		Action: verifyAction,
+	}
 }
 
 // verifyTarget checks the --url flag and returns the address and path

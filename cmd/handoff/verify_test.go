@@ -6,8 +6,9 @@ import (
 	"testing"
 )
 
+// TestVerifyBadFlags is not parallel: the app's flags are package
+// variables that urfave/cli writes to while parsing.
 func TestVerifyBadFlags(t *testing.T) {
-	t.Parallel()
 	tests := []struct {
 		name string
 		args []string
@@ -26,7 +27,6 @@ func TestVerifyBadFlags(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
 			var stdout, stderr bytes.Buffer
 			code := run(t.Context(), append([]string{"handoff", "verify"}, tt.args...), &stdout, &stderr)
 			if code != 2 {
