@@ -1,4 +1,4 @@
-//go:build unix
+//go:build !windows
 
 package main
 
@@ -20,6 +20,7 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/gohandoff/handoff/internal/control"
 	"github.com/gohandoff/handoff/internal/proc"
 	"github.com/gohandoff/handoff/internal/verify"
 	"github.com/gohandoff/handoff/upgrader"
@@ -139,7 +140,7 @@ func (e *env) start(ctx context.Context, c contender) (*instance, error) {
 	case kindHandoff:
 		in.pidfile = filepath.Join(dir, "run", "hello.pid")
 		args = []string{"--listen", addr, "--pidfile", in.pidfile}
-		in.trigger = verify.ControlTrigger(in.pidfile)
+		in.trigger = in.handoffTrigger()
 	case kindNode:
 		args = []string{filepath.Join(e.srcDir, "node-cluster", "cluster.js"), "--listen", addr}
 		in.trigger = in.nodeTrigger()
@@ -206,6 +207,32 @@ func (in *instance) stop() {
 	}
 	<-in.waited
 	os.RemoveAll(in.dir)
+	// The output of every run is kept for a look after the fact.
+	logs := filepath.Join(filepath.Dir(in.dir), "logs")
+	if os.MkdirAll(logs, 0o755) == nil {
+		os.WriteFile(filepath.Join(logs, filepath.Base(in.dir)+".log"), []byte(in.lines.tail(1<<30)+"\n"), 0o644)
+	}
+}
+
+// waitNewPID polls the PID file every 200 µs until it names a pid other
+// than old, and returns it. check runs on every poll; its error ends the
+// wait.
+func waitNewPID(ctx context.Context, pidfile string, old int, check func() error) (int, error) {
+	tick := time.NewTicker(200 * time.Microsecond)
+	defer tick.Stop()
+	for {
+		if pid, err := readPID(pidfile); err == nil && pid != old {
+			return pid, nil
+		}
+		if err := check(); err != nil {
+			return 0, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("pid file %s still names pid %d: %w", pidfile, old, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }
 
 // signalTrigger: SIGHUP to the pid in the PID file; ready when the PID file
@@ -224,25 +251,78 @@ func (in *instance) signalTrigger() verify.Trigger {
 			return verify.Upgrade{}, fmt.Errorf("signal pid %d: %w", old, err)
 		}
 		u := verify.Upgrade{OldPID: old}
-		tick := time.NewTicker(200 * time.Microsecond)
-		defer tick.Stop()
-		for {
-			if pid, err := readPID(in.pidfile); err == nil && pid != old {
-				u.NewPID, u.Ready = pid, time.Since(t0)
-				break
+		u.NewPID, err = waitNewPID(ctx, in.pidfile, old, func() error {
+			i := in.lines.find(from, "Upgrade failed")
+			if i < 0 {
+				return nil
 			}
-			if i := in.lines.find(from, "Upgrade failed"); i >= 0 {
-				if !strings.Contains(in.lines.line(i), "parent hasn't exited") {
-					return u, fmt.Errorf("pid %d: %s", old, in.lines.line(i))
-				}
-				from = i + 1
-				syscall.Kill(old, syscall.SIGHUP)
+			if !strings.Contains(in.lines.line(i), "parent hasn't exited") {
+				return fmt.Errorf("pid %d: %s", old, in.lines.line(i))
 			}
+			from = i + 1
+			return syscall.Kill(old, syscall.SIGHUP)
+		})
+		if err != nil {
+			return u, err
+		}
+		u.Ready = time.Since(t0)
+		if err := proc.WaitGone(ctx, old); err != nil {
+			return u, fmt.Errorf("old pid %d still running: %w", old, err)
+		}
+		u.Gone = time.Since(t0)
+		return u, nil
+	}
+}
+
+// handoffTrigger asks for the upgrade through the control socket, as
+// handoff reload and handoff verify do, and times it like the tableflip
+// reference: ready when the PID file names the new pid (the new generation
+// writes it just before it reports ready), gone when the old pid has
+// exited. Answered is when the control socket's answer came: later under
+// load, as the old generation's busy scheduler takes a while to see the
+// new one's ready byte.
+func (in *instance) handoffTrigger() verify.Trigger {
+	return func(ctx context.Context) (verify.Upgrade, error) {
+		old, err := readPID(in.pidfile)
+		if err != nil {
+			return verify.Upgrade{}, err
+		}
+		type answer struct {
+			m   control.Message
+			err error
+			at  time.Duration
+		}
+		answers := make(chan answer, 1)
+		t0 := time.Now()
+		go func() {
+			m, err := control.Do(ctx, control.SocketPath(in.pidfile), control.Request{Cmd: control.CmdUpgrade}, nil)
+			answers <- answer{m, err, time.Since(t0)}
+		}()
+		u := verify.Upgrade{OldPID: old}
+		var a *answer
+		u.NewPID, err = waitNewPID(ctx, in.pidfile, old, func() error {
 			select {
-			case <-ctx.Done():
-				return u, fmt.Errorf("pid %d: no new pid in %s after SIGHUP: %w", old, in.pidfile, ctx.Err())
-			case <-tick.C:
+			case got := <-answers:
+				a = &got
+				return got.err
+			default:
+				return nil
 			}
+		})
+		if err != nil {
+			return u, fmt.Errorf("upgrade through the control socket: %w", err)
+		}
+		u.Ready = time.Since(t0)
+		if a == nil {
+			got := <-answers
+			a = &got
+		}
+		if a.err != nil {
+			return u, fmt.Errorf("upgrade through the control socket: %w", a.err)
+		}
+		u.Answered = a.at
+		if r := a.m.Upgrade; r != nil {
+			u.Generation = r.Generation
 		}
 		if err := proc.WaitGone(ctx, old); err != nil {
 			return u, fmt.Errorf("old pid %d still running: %w", old, err)

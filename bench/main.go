@@ -1,4 +1,4 @@
-//go:build unix
+//go:build !windows
 
 // Command bench is `make bench`: it starts each contender on loopback in
 // turn (a bare net/http baseline, a cloudflare/tableflip reference, handoff's
@@ -43,6 +43,7 @@ type config struct {
 	keepAliveFor    time.Duration
 	tools           string
 	only            []string
+	loads           []string
 	budget          time.Duration
 	note            string
 	upgradeTimeout  time.Duration
@@ -74,7 +75,9 @@ func run(args []string, stdout io.Writer) error {
 	fs.DurationVar(&cfg.keepAliveFor, "keepalive-duration", 4*time.Second, "length of a keep-alive load with wrk (it has no request count)")
 	fs.StringVar(&cfg.tools, "tools", "auto", "load generators: auto (ab and wrk when installed) or go (internal/load only)")
 	only := fs.String("only", "", "comma-separated contenders to run (baseline is always run)")
-	fs.DurationVar(&cfg.budget, "budget", 9*time.Minute, "stop starting new rounds after this long")
+	render := fs.String("render", "", "rewrite the report of an earlier run from its `JSON` file instead of running")
+	onlyLoads := fs.String("loads", "", "comma-separated loads to run: steady, upgrades, steady-ka, upgrades-ka (default all)")
+	fs.DurationVar(&cfg.budget, "budget", 11*time.Minute, "start no round that the last round's length says would end after this long")
 	fs.StringVar(&cfg.note, "note", "", "a line for the report, e.g. that the machine was shared")
 	fs.DurationVar(&cfg.upgradeTimeout, "upgrade-timeout", time.Minute, "give up on one upgrade after this long")
 	if err := fs.Parse(args); err != nil {
@@ -104,6 +107,22 @@ func run(args []string, stdout io.Writer) error {
 			}
 		}
 	}
+	if *render != "" {
+		paths, err := rerender(*render)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "wrote", strings.Join(paths, ", "))
+		return nil
+	}
+	if *onlyLoads != "" {
+		cfg.loads = strings.Split(*onlyLoads, ",")
+		for _, n := range cfg.loads {
+			if !slices.ContainsFunc(scenarios(config{}), func(sc scenario) bool { return sc.Name == n }) {
+				return usageError{fmt.Errorf("invalid value %q for flag -loads: no load %q", *onlyLoads, n)}
+			}
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return bench(ctx, cfg, stdout)
@@ -120,12 +139,16 @@ type scenario struct {
 }
 
 func scenarios(cfg config) []scenario {
-	return []scenario{
+	all := []scenario{
 		{Name: "steady", Title: "steady state, a connection per request, no upgrades"},
 		{Name: "upgrades", Title: fmt.Sprintf("the seed's test: a connection per request, %d upgrades", cfg.upgrades), Upgrades: cfg.upgrades, Steady: "steady"},
 		{Name: "steady-ka", Title: "steady state, keep-alive, no upgrades", KeepAlive: true},
 		{Name: "upgrades-ka", Title: fmt.Sprintf("keep-alive, %d upgrades", cfg.upgrades), KeepAlive: true, Upgrades: cfg.upgrades, Steady: "steady-ka"},
 	}
+	if len(cfg.loads) == 0 {
+		return all
+	}
+	return slices.DeleteFunc(all, func(sc scenario) bool { return !slices.Contains(cfg.loads, sc.Name) })
 }
 
 // runRecord is one load on one contender in one round.
@@ -138,7 +161,9 @@ type runRecord struct {
 	// UpgradeMarks are the upgrades' start times on the load's timeline.
 	UpgradeMarks []float64 `json:"upgrade_marks_s,omitempty"`
 	PeakRSSKB    int64     `json:"peak_rss_kb"`
-	Err          string    `json:"error,omitempty"`
+	// CPU is the time the contender's processes ran during the load.
+	CPU time.Duration `json:"server_cpu_ns"`
+	Err string        `json:"error,omitempty"`
 }
 
 // latencyRecord is the upgrade latency of one contender without load.
@@ -189,45 +214,6 @@ func bench(ctx context.Context, cfg config, stdout io.Writer) error {
 	}
 	logf("contenders: %s; loads: %s for a connection per request, %s for keep-alive", names(active), newConnLoader.name(), kaLoader.name())
 
-	for round := 1; round <= cfg.rounds; round++ {
-		if round > 1 && time.Since(began) > cfg.budget {
-			rep.Notes = append(rep.Notes, fmt.Sprintf("stopped after %d of %d rounds: the %s budget was spent", round-1, cfg.rounds, cfg.budget))
-			logf("budget spent, no round %d", round)
-			break
-		}
-		rep.Rounds = round
-		// Interleave: every round visits every contender, starting one
-		// further along, so drift on a shared machine spreads evenly.
-		order := slices.Concat(active[(round-1)%len(active):], active[:(round-1)%len(active)])
-		for _, c := range order {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			in, err := e.start(ctx, c)
-			if err != nil {
-				logf("round %d %s: %v", round, c.Name, err)
-				rep.Runs = append(rep.Runs, runRecord{Contender: c.Name, Round: round, Err: err.Error()})
-				continue
-			}
-			for _, sc := range rep.Scenarios {
-				if sc.Upgrades > 0 && in.trigger == nil {
-					continue
-				}
-				ld, spec := newConnLoader, loadSpec{Addr: in.addr, Concurrency: cfg.concurrency, Requests: cfg.requests}
-				if sc.KeepAlive {
-					ld, spec.KeepAlive = kaLoader, true
-					if ld.name() == toolWrk {
-						spec.Requests, spec.Duration = 0, cfg.keepAliveFor
-					}
-				}
-				r := runScenario(ctx, in, sc, ld, spec, cfg.upgradeTimeout)
-				r.Round = round
-				rep.Runs = append(rep.Runs, r)
-				logf("round %d %-15s %-11s %s", round, c.Name, sc.Name, r.line())
-			}
-			in.stop()
-		}
-	}
 	if cfg.latencyUpgrades > 0 {
 		for _, c := range active {
 			if ctx.Err() != nil {
@@ -241,13 +227,80 @@ func bench(ctx context.Context, cfg config, stdout io.Writer) error {
 			logf("latency %-15s %s", c.Name, lr.line())
 		}
 	}
+	var roundTook time.Duration
+	for round := 1; round <= cfg.rounds; round++ {
+		if round > 1 && time.Since(began)+roundTook > cfg.budget {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("ran %d of %d rounds: another (the last took %s) would have passed the %s budget", round-1, cfg.rounds, roundTook.Round(time.Second), cfg.budget))
+			logf("budget: no round %d", round)
+			break
+		}
+		roundStart := time.Now()
+		if err := benchRound(ctx, e, cfg, rep, active, round, logf); err != nil {
+			return err
+		}
+		rep.Rounds = round
+		roundTook = time.Since(roundStart)
+	}
 	rep.Took = time.Since(began)
 	rep.Machine.LoadEnd = loadAvg()
-	paths, err := rep.write(cfg.out)
+	paths, err := rep.write(cfg.out, true)
 	if err != nil {
 		return err
 	}
 	logf("wrote %s", strings.Join(paths, ", "))
+	return nil
+}
+
+// benchRound starts every contender and applies each load to each in
+// turn: for each kind of connection, every contender's steady load then its
+// load with upgrades, the contenders in an order rotated by one each round.
+// Loads compared with each other thus run minutes apart at most, and drift
+// on a shared machine spreads over every contender.
+func benchRound(ctx context.Context, e *env, cfg config, rep *report, active []contender, round int, logf func(string, ...any)) error {
+	var ins []*instance
+	defer func() {
+		for _, in := range ins {
+			in.stop()
+		}
+	}()
+	for _, c := range active {
+		in, err := e.start(ctx, c)
+		if err != nil {
+			logf("round %d %s: %v", round, c.Name, err)
+			rep.Runs = append(rep.Runs, runRecord{Contender: c.Name, Round: round, Err: err.Error()})
+			continue
+		}
+		ins = append(ins, in)
+	}
+	if len(ins) == 0 {
+		return nil
+	}
+	k := (round - 1) % len(ins)
+	order := slices.Concat(ins[k:], ins[:k])
+	newConn, keepAlive := pickLoaders(cfg, e.tmp)
+	for _, ka := range []bool{false, true} {
+		for _, in := range order {
+			for _, sc := range rep.Scenarios {
+				if sc.KeepAlive != ka || (sc.Upgrades > 0 && in.trigger == nil) {
+					continue
+				}
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				ld, spec := newConn, loadSpec{Addr: in.addr, Concurrency: cfg.concurrency, Requests: cfg.requests}
+				if ka {
+					ld, spec.KeepAlive = keepAlive, true
+					if ld.name() == toolWrk {
+						spec.Requests, spec.Duration = 0, cfg.keepAliveFor
+					}
+				}
+				r := runScenario(ctx, in, sc, ld, spec, cfg.upgradeTimeout)
+				r.Round = round
+				rep.Runs = append(rep.Runs, r)
+				logf("round %d %-15s %-11s %s", round, in.c.Name, sc.Name, r.line())
+			}
+		}
+	}
 	return nil
 }
 
@@ -293,7 +346,7 @@ func buildContenders(ctx context.Context, dir string) error {
 // runScenario applies one load to in, driving upgrades through it.
 func runScenario(ctx context.Context, in *instance, sc scenario, ld loader, spec loadSpec, upgradeTimeout time.Duration) runRecord {
 	r := runRecord{Contender: in.c.Name, Scenario: sc.Name}
-	endRSS := sampleRSS(in.cmd.Process.Pid)
+	endUsage := sampleUsage(in.cmd.Process.Pid)
 	var progress atomic.Int64
 	done := make(chan struct{})
 	var lerr error
@@ -311,7 +364,8 @@ func runScenario(ctx context.Context, in *instance, sc scenario, ld loader, spec
 		r.Upgrades = verify.Drive(ctx, start, sc.Upgrades, func() float64 { return float64(progress.Load()) / progressScale }, trigger, done)
 	}
 	<-done
-	r.PeakRSSKB = endRSS()
+	u := endUsage()
+	r.PeakRSSKB, r.CPU = u.PeakRSSKB, u.CPU
 	if lerr != nil {
 		r.Err = lerr.Error()
 	}
@@ -338,7 +392,7 @@ func runLatency(ctx context.Context, e *env, c contender, n int, upgradeTimeout 
 		return nil
 	}
 	lr := &latencyRecord{Contender: c.Name, Trigger: triggerName(c.Kind)}
-	endRSS := sampleRSS(in.cmd.Process.Pid)
+	endUsage := sampleUsage(in.cmd.Process.Pid)
 	for range n {
 		tctx, cancel := context.WithTimeout(ctx, upgradeTimeout)
 		u, err := in.trigger(tctx)
@@ -351,7 +405,7 @@ func runLatency(ctx context.Context, e *env, c contender, n int, upgradeTimeout 
 			time.Sleep(in.gap) // idle spacing between upgrades, outside the timings
 		}
 	}
-	lr.PeakRSSKB = endRSS()
+	lr.PeakRSSKB = endUsage().PeakRSSKB
 	return lr
 }
 
@@ -360,7 +414,7 @@ func triggerName(kind string) string {
 	case kindTableflip:
 		return "SIGHUP; ready = PID file names the new pid"
 	case kindHandoff:
-		return "control socket (handoff reload); ready = its answer"
+		return "control socket (handoff reload); ready = PID file names the new pid"
 	case kindNode:
 		return "SIGUSR2; ready = last replacement worker listening"
 	case kindNginx:

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build !windows
 
 package main
 
@@ -9,13 +9,13 @@ import (
 	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
 // procStat is what the benchmark reads of a process in /proc.
 type procStat struct {
 	pid, ppid, pgid int
+	cpuTicks        int64 // user + system time, in clock ticks
 }
 
 // parseStat reads /proc/PID/stat's line; the command name may hold spaces
@@ -31,16 +31,19 @@ func parseStat(b []byte) (procStat, bool) {
 		return procStat{}, false
 	}
 	f := bytes.Fields(b[end+1:])
-	// state ppid pgrp ...
-	if len(f) < 3 || string(f[0]) == "Z" {
+	// state ppid pgrp session tty tpgid flags minflt cminflt majflt
+	// cmajflt utime stime ...
+	if len(f) < 13 || string(f[0]) == "Z" {
 		return procStat{}, false
 	}
 	ppid, err1 := strconv.Atoi(string(f[1]))
 	pgid, err2 := strconv.Atoi(string(f[2]))
-	if err1 != nil || err2 != nil {
+	utime, err3 := strconv.ParseInt(string(f[11]), 10, 64)
+	stime, err4 := strconv.ParseInt(string(f[12]), 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || err4 != nil {
 		return procStat{}, false
 	}
-	return procStat{pid: pid, ppid: ppid, pgid: pgid}, true
+	return procStat{pid: pid, ppid: ppid, pgid: pgid, cpuTicks: utime + stime}, true
 }
 
 func allProcs() []procStat {
@@ -116,40 +119,71 @@ func parseVmRSS(status []byte) int64 {
 	return 0
 }
 
-// rssSampler records the peak of the summed RSS of a process group.
-type rssSampler struct {
-	peak atomic.Int64
-	stop chan struct{}
-	wg   sync.WaitGroup
+// clockTicks is the kernel's USER_HZ, the unit of CPU times in /proc.
+const clockTicks = 100
+
+// usage is what a process group used while a load ran.
+type usage struct {
+	PeakRSSKB int64
+	// CPU is the user and system time of every process of the group
+	// during the load, as last seen by the sampler: a process that exits
+	// loses at most its last sampling period.
+	CPU time.Duration
 }
 
-// sampleRSS samples pg's memory every 100 ms until end is called, which
-// returns the peak in KiB.
-func sampleRSS(pg int) (end func() int64) {
-	s := &rssSampler{stop: make(chan struct{})}
-	s.wg.Add(1)
+// sampleUsage samples pg's processes every 200 ms (a scan of /proc costs
+// about 2 ms) until the returned function is called, which returns the
+// peak of their summed RSS and the CPU time they used since the call.
+func sampleUsage(pg int) (end func() usage) {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var u usage
+	first := map[int]int64{} // CPU ticks when first seen
+	last := map[int]int64{}
+	sample := func(initial bool) {
+		var rss int64
+		procs := allProcs()
+		byPID := map[int]procStat{}
+		for _, p := range procs {
+			byPID[p.pid] = p
+		}
+		for _, pid := range groupOf(procs, pg) {
+			rss += rssKB(pid)
+			t := byPID[pid].cpuTicks
+			if _, ok := first[pid]; !ok {
+				first[pid] = 0 // started during the load: all its time counts
+				if initial {
+					first[pid] = t
+				}
+			}
+			last[pid] = t
+		}
+		u.PeakRSSKB = max(u.PeakRSSKB, rss)
+	}
+	sample(true)
+	wg.Add(1)
 	go func() {
-		defer s.wg.Done()
-		tick := time.NewTicker(100 * time.Millisecond)
+		defer wg.Done()
+		tick := time.NewTicker(200 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			var sum int64
-			for _, pid := range groupPIDs(pg) {
-				sum += rssKB(pid)
-			}
-			if sum > s.peak.Load() {
-				s.peak.Store(sum)
-			}
 			select {
-			case <-s.stop:
+			case <-stop:
+				sample(false)
 				return
 			case <-tick.C:
+				sample(false)
 			}
 		}
 	}()
-	return func() int64 {
-		close(s.stop)
-		s.wg.Wait()
-		return s.peak.Load()
+	return func() usage {
+		close(stop)
+		wg.Wait()
+		var ticks int64
+		for pid, t := range last {
+			ticks += t - first[pid]
+		}
+		u.CPU = time.Duration(ticks) * time.Second / clockTicks
+		return u
 	}
 }

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build !windows
 
 package main
 
@@ -118,16 +118,19 @@ func (r runRecord) line() string {
 		return "error: " + r.Err
 	}
 	l := r.Load
-	s := fmt.Sprintf("%s: %d ok, %d failed%s, %.0f req/s, p50 %s, p99 %s, rss %d MiB", l.Tool, l.OK, l.Failed, kindsText(l.ByKind),
-		l.RPS, fmtMs(l.P50), fmtMs(l.P99), r.PeakRSSKB>>10)
+	s := fmt.Sprintf("%s: %d ok, %d failed%s, %.0f req/s, p50 %s, p99 %s, rss %d MiB, cpu %s", l.Tool, l.OK, l.Failed, kindsText(l.ByKind),
+		l.RPS, fmtMs(l.P50), fmtMs(l.P99), r.PeakRSSKB>>10, r.CPU.Round(10*time.Millisecond))
 	if n := len(r.Upgrades); n > 0 {
-		bad := 0
+		bad, notRun := 0, 0
 		for _, u := range r.Upgrades {
-			if u.Err != "" {
+			switch {
+			case u.NotRun:
+				notRun++
+			case u.Err != "":
 				bad++
 			}
 		}
-		s += fmt.Sprintf(", %d upgrades (%d failed)", n, bad)
+		s += fmt.Sprintf(", %d upgrades (%d failed, %d not run)", n, bad, notRun)
 	}
 	if l.Note != "" {
 		s += "; " + l.Note
@@ -189,8 +192,12 @@ type summaryRow struct {
 	// rate in the same round.
 	VsSteady  float64 `json:"vs_own_steady,omitempty"`
 	PeakRSSKB int64   `json:"peak_rss_kb"`
-	Upgrades  int     `json:"upgrades"`
-	UpFailed  int     `json:"upgrades_failed"`
+	// CPUPer1k is the median server CPU time per 1000 answers: unlike
+	// requests/s, it barely moves when other work shares the machine.
+	CPUPer1k time.Duration `json:"server_cpu_per_1k_ns"`
+	Upgrades int           `json:"upgrades"`
+	UpFailed int           `json:"upgrades_failed"`
+	UpNotRun int           `json:"upgrades_not_run"`
 }
 
 type latencyRow struct {
@@ -204,8 +211,10 @@ type latencyRow struct {
 	GoneP50   time.Duration `json:"gone_p50_ns"`
 	GoneP99   time.Duration `json:"gone_p99_ns"`
 	GoneMax   time.Duration `json:"gone_max_ns"`
-	PeakRSSKB int64         `json:"peak_rss_kb"`
-	Err       string        `json:"error,omitempty"`
+	// AnsweredP50: when the requester got its answer, where it differs.
+	AnsweredP50 time.Duration `json:"answered_p50_ns,omitempty"`
+	PeakRSSKB   int64         `json:"peak_rss_kb"`
+	Err         string        `json:"error,omitempty"`
 }
 
 type targetRow struct {
@@ -240,7 +249,7 @@ func (rep *report) summarize() {
 		for _, sc := range rep.Scenarios {
 			row := summaryRow{Contender: c.Name, Scenario: sc.Name, ByKind: map[string]int64{}}
 			var oks, rps, vsBase, vsSteady []float64
-			var p50s, p99s []time.Duration
+			var p50s, p99s, cpus []time.Duration
 			for _, r := range rep.Runs {
 				if r.Contender != c.Name || r.Scenario != sc.Name {
 					continue
@@ -260,9 +269,15 @@ func (rep *report) summarize() {
 					row.ByKind[k] += v
 				}
 				row.PeakRSSKB = max(row.PeakRSSKB, r.PeakRSSKB)
+				if l.OK > 0 && r.CPU > 0 {
+					cpus = append(cpus, r.CPU*1000/time.Duration(l.OK))
+				}
 				for _, u := range r.Upgrades {
 					row.Upgrades++
-					if u.Err != "" {
+					switch {
+					case u.NotRun:
+						row.UpNotRun++
+					case u.Err != "":
 						row.UpFailed++
 					}
 				}
@@ -289,6 +304,7 @@ func (rep *report) summarize() {
 			row.RPSMin, row.RPSMax = spread(rps)
 			row.P50, row.P99 = medianDur(p50s), medianDur(p99s)
 			row.VsBaseline, row.VsSteady = median(vsBase), median(vsSteady)
+			row.CPUPer1k = medianDur(cpus)
 			rep.Summary = append(rep.Summary, row)
 		}
 	}
@@ -300,14 +316,18 @@ func (rep *report) summarize() {
 
 func summarizeLatency(lr latencyRecord) latencyRow {
 	row := latencyRow{Contender: lr.Contender, Trigger: lr.Trigger, N: len(lr.Upgrades), PeakRSSKB: lr.PeakRSSKB, Err: lr.Err}
-	var ready, gone []time.Duration
+	var ready, gone, answered []time.Duration
 	for _, u := range lr.Upgrades {
 		if u.Err != "" {
 			row.Failed++
 			continue
 		}
 		ready, gone = append(ready, u.Ready), append(gone, u.Gone)
+		if u.Answered > 0 {
+			answered = append(answered, u.Answered)
+		}
 	}
+	row.AnsweredP50 = medianDur(answered)
 	row.ReadyP50, row.ReadyP99, row.ReadyMax = durQuantiles(ready)
 	row.GoneP50, row.GoneP99, row.GoneMax = durQuantiles(gone)
 	return row
@@ -342,13 +362,14 @@ func (rep *report) targets() []targetRow {
 			out = append(out, targetRow{Contender: c.Name, Target: target, Measured: measured, Met: met})
 		}
 		var failed int64
-		var runs, upFailed int
+		var runs, upFailed, upNotRun int
 		var kinds []string
 		for _, r := range rep.Summary {
 			if r.Contender == c.Name {
 				failed += r.Failed
 				runs += r.Runs - r.Errors
 				upFailed += r.UpFailed
+				upNotRun += r.UpNotRun
 				if r.Failed > 0 {
 					kinds = append(kinds, fmt.Sprintf("%s: %d%s", r.Scenario, r.Failed, kindsText(r.ByKind)))
 				}
@@ -361,11 +382,23 @@ func (rep *report) targets() []targetRow {
 		if upFailed > 0 {
 			m += fmt.Sprintf(", %d failed upgrades", upFailed)
 		}
+		if upNotRun > 0 {
+			m += fmt.Sprintf(", %d upgrades not run (the load ended first)", upNotRun)
+		}
 		add("zero failed requests in every scenario, keep-alive included", m, failed == 0 && upFailed == 0 && runs > 0)
 		if len(c.Args) == 0 { // goroutine mode
 			for _, s := range []string{"steady", "steady-ka"} {
 				if r, ok := rep.row(c.Name, s); ok && r.VsBaseline > 0 {
 					add(fmt.Sprintf("%s: requests/s ≥ 0.97 × baseline", s), fmt.Sprintf("%.3f × baseline (%.0f req/s)", r.VsBaseline, r.RPS), r.VsBaseline >= 0.97)
+				}
+				// The same target seen through server CPU per request,
+				// which a shared machine disturbs much less.
+				r, ok1 := rep.row(c.Name, s)
+				b, ok2 := rep.row("baseline", s)
+				if ok1 && ok2 && r.CPUPer1k > 0 && b.CPUPer1k > 0 {
+					ratio := float64(r.CPUPer1k) / float64(b.CPUPer1k)
+					add(fmt.Sprintf("%s: server CPU per request ≤ baseline's ÷ 0.97 (the same target, less noisy)", s),
+						fmt.Sprintf("%s vs %s per 1k requests = %.3f ×", fmtMs(r.CPUPer1k), fmtMs(b.CPUPer1k), ratio), ratio <= 1/0.97)
 				}
 			}
 		}
@@ -384,9 +417,9 @@ func (rep *report) targets() []targetRow {
 	return out
 }
 
-// write writes DATE.json, DATE.md and DATE.svg into dir, and copies them to
-// latest.*, the files the README shows.
-func (rep *report) write(dir string) ([]string, error) {
+// write writes DATE.json, DATE.md and DATE.svg into dir and, if latest,
+// copies them to latest.*, the files the README shows.
+func (rep *report) write(dir string, latest bool) ([]string, error) {
 	rep.summarize()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -408,15 +441,36 @@ func (rep *report) write(dir string) ([]string, error) {
 			return paths, err
 		}
 		paths = append(paths, p)
-		latest := f.b
-		if f.ext == ".md" {
-			latest = bytes.ReplaceAll(f.b, []byte("("+stamp+".svg)"), []byte("(latest.svg)"))
+		if !latest {
+			continue
 		}
-		if err := os.WriteFile(filepath.Join(dir, "latest"+f.ext), latest, 0o644); err != nil {
+		b := f.b
+		if f.ext == ".md" {
+			b = bytes.ReplaceAll(f.b, []byte("("+stamp+".svg)"), []byte("(latest.svg)"))
+		}
+		if err := os.WriteFile(filepath.Join(dir, "latest"+f.ext), b, 0o644); err != nil {
 			return paths, err
 		}
 	}
 	return paths, nil
+}
+
+// rerender reads a report's JSON and writes it again, with the summary,
+// markdown and picture of the current code, beside it.
+func rerender(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var rep report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return nil, fmt.Errorf("read report %s: %w", path, err)
+	}
+	// latest.* follow only the newest report.
+	dated, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "20*.json"))
+	slices.Sort(dated)
+	latest := len(dated) == 0 || filepath.Base(dated[len(dated)-1]) == filepath.Base(path)
+	return rep.write(filepath.Dir(path), latest)
 }
 
 var scenarioShort = map[string]string{
@@ -436,8 +490,8 @@ func (rep *report) markdown(svgName string) []byte {
 	if rep.Note != "" {
 		p("**Note:** %s\n\n", rep.Note)
 	}
-	p("Method: %d round(s); each round starts every contender afresh, in an order rotated by one each round, and runs the loads below on it; figures are medians over the rounds, the spread is the lowest–highest requests/s. Ratios compare with the baseline's steady state (same connections) in the same round. Every failure counts: connect, read (connection closed or reset before a whole answer), write, timeout, non-2xx.\n\n", rep.Rounds)
-	p("Loads: %d clients. A connection per request: %s. Keep-alive: %s.\n\n", rep.Config["concurrency"], toolText(rep, false), toolText(rep, true))
+	p("Method: %d round(s); each round starts every contender afresh and, for each kind of connection, runs on each contender in turn (in an order rotated by one each round) its steady load then its load with upgrades. Figures are medians over the rounds; the spread is the lowest–highest requests/s. Ratios are taken within a round, against the baseline's steady state with the same connections, or the contender's own, then their median is quoted. Server CPU is the user+system time of the contender's processes during the load, per 1000 answers: it moves much less than requests/s when other work shares the machine. Every failure counts: connect, read (connection closed or reset before a whole answer), write, timeout, non-2xx.\n\n", rep.Rounds)
+	p("Loads: %v clients. A connection per request: %s. Keep-alive: %s.\n\n", rep.Config["concurrency"], toolText(rep, false), toolText(rep, true))
 	for _, s := range rep.Skipped {
 		p("- skipped **%s**: %s\n", s.Name, s.Why)
 	}
@@ -460,7 +514,7 @@ func (rep *report) markdown(svgName string) []byte {
 		p("\n")
 	}
 
-	p("## Under load\n\n| contender | load | completed | failed (by kind) | req/s (spread) | × baseline | × own steady | p50 | p99 | peak RSS |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|\n")
+	p("## Under load\n\n| contender | load | completed | failed (by kind) | req/s (spread) | × baseline | × own steady | p50 | p99 | server CPU per 1k req | peak RSS |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rep.Summary {
 		failed := fmt.Sprintf("%d%s", r.Failed, kindsText(r.ByKind))
 		if r.Runs > 1 && r.Failed > 0 {
@@ -469,6 +523,9 @@ func (rep *report) markdown(svgName string) []byte {
 		if r.UpFailed > 0 {
 			failed += fmt.Sprintf("; %d of %d upgrades failed", r.UpFailed, r.Upgrades)
 		}
+		if r.UpNotRun > 0 {
+			failed += fmt.Sprintf("; %d of %d upgrades not run (the load ended first)", r.UpNotRun, r.Upgrades)
+		}
 		if r.Errors > 0 {
 			failed += fmt.Sprintf("; %d runs did not run", r.Errors)
 		}
@@ -476,29 +533,33 @@ func (rep *report) markdown(svgName string) []byte {
 		if r.VsSteady > 0 {
 			vsSteady = fmt.Sprintf("%.2f", r.VsSteady)
 		}
-		p("| %s | %s | %.0f | %s | %.0f (%.0f–%.0f) | %.2f | %s | %s | %s | %d MiB |\n",
-			r.Contender, scenarioShort[r.Scenario], r.OK, failed, r.RPS, r.RPSMin, r.RPSMax, r.VsBaseline, vsSteady, fmtMs(r.P50), fmtMs(r.P99), r.PeakRSSKB>>10)
+		p("| %s | %s | %.0f | %s | %.0f (%.0f–%.0f) | %.2f | %s | %s | %s | %s | %d MiB |\n",
+			r.Contender, scenarioShort[r.Scenario], r.OK, failed, r.RPS, r.RPSMin, r.RPSMax, r.VsBaseline, vsSteady, fmtMs(r.P50), fmtMs(r.P99), fmtMs(r.CPUPer1k), r.PeakRSSKB>>10)
 	}
 	p("\n")
 
 	if len(rep.LatencySummary) > 0 {
 		n := rep.Config["latency_upgrades"]
-		p("## Upgrade latency (%v upgrades, no load)\n\nFrom the trigger to the new generation ready, and to the old one gone.\n\n", n)
-		p("| contender | trigger | ready p50 | p99 | max | old gone p50 | p99 | max | failed | peak RSS |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		p("## Upgrade latency (%v upgrades, no load)\n\nFrom the trigger to the new generation ready, and to the old one gone; for handoff also to the control socket's answer (what `handoff reload` waits for).\n\n", n)
+		p("| contender | trigger | ready p50 | p99 | max | old gone p50 | p99 | max | answered p50 | failed | peak RSS |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, r := range rep.LatencySummary {
 			if r.Err != "" {
-				p("| %s | | error: %s | | | | | | | |\n", r.Contender, r.Err)
+				p("| %s | | error: %s | | | | | | | | |\n", r.Contender, r.Err)
 				continue
 			}
-			p("| %s | %s | %s | %s | %s | %s | %s | %s | %d | %d MiB |\n", r.Contender, r.Trigger,
-				fmtMs(r.ReadyP50), fmtMs(r.ReadyP99), fmtMs(r.ReadyMax), fmtMs(r.GoneP50), fmtMs(r.GoneP99), fmtMs(r.GoneMax), r.Failed, r.PeakRSSKB>>10)
+			answered := "–"
+			if r.AnsweredP50 > 0 {
+				answered = fmtMs(r.AnsweredP50)
+			}
+			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d MiB |\n", r.Contender, r.Trigger,
+				fmtMs(r.ReadyP50), fmtMs(r.ReadyP99), fmtMs(r.ReadyMax), fmtMs(r.GoneP50), fmtMs(r.GoneP99), fmtMs(r.GoneMax), answered, r.Failed, r.PeakRSSKB>>10)
 		}
 		p("\n")
 	}
 	p("## Through the upgrades\n\n![requests/s and p99 latency per second through the upgrades](%s)\n\n", svgName)
-	p("Requests/s and p99 latency per second in the seed's test (a connection per request, %v upgrades; the baseline's line is its steady state), from the round with each contender's median rate. Triangles mark the upgrades.\n\n", rep.Config["upgrades"])
+	p("Requests/s and p99 latency per second in the seed's test (a connection per request, %v upgrades; the baseline's line is its steady state), from the round with each contender's median rate (ab's per-request timings, failed requests included). Triangles mark the upgrades.\n\n", rep.Config["upgrades"])
 	if errs := rep.upgradeErrors(); len(errs) > 0 {
-		p("## Failed upgrades\n\n")
+		p("## Upgrades that failed or did not run\n\n")
 		for _, e := range errs {
 			p("- %s\n", e)
 		}

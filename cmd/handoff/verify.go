@@ -21,6 +21,8 @@ import (
 // upgradeTimeout bounds one upgrade triggered by verify, drain included.
 const upgradeTimeout = 2 * time.Minute
 
+// verifyCommand returns the verify command; newApp wraps its Action, so
+// every app gets a command of its own.
 func verifyCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "verify",

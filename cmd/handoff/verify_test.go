@@ -6,6 +6,8 @@ import (
 	"testing"
 )
 
+// TestVerifyBadFlags is not parallel: the app's flags are package
+// variables that urfave/cli writes to while parsing.
 func TestVerifyBadFlags(t *testing.T) {
 	tests := []struct {
 		name string

@@ -23,11 +23,16 @@ type Upgrade struct {
 	// Gone to the old generation's exit (0 when not known).
 	Ready time.Duration `json:"ready_ns"`
 	Gone  time.Duration `json:"gone_ns,omitempty"`
+	// Answered is when whoever asked for the upgrade got the answer, where
+	// that is not the moment the new generation was ready.
+	Answered time.Duration `json:"answered_ns,omitempty"`
 	// OldPID, NewPID and Generation are set where the service tells them.
 	OldPID     int    `json:"old_pid,omitempty"`
 	NewPID     int    `json:"new_pid,omitempty"`
 	Generation int    `json:"generation,omitempty"`
 	Err        string `json:"error,omitempty"`
+	// NotRun: the load ended before this upgrade's turn came.
+	NotRun bool `json:"not_run,omitempty"`
 }
 
 // Trigger starts one upgrade and waits until the new generation is ready
@@ -64,8 +69,8 @@ func Drive(ctx context.Context, start time.Time, n int, progress func() float64,
 				break wait
 			}
 		}
-		if progress() < mark {
-			ups = append(ups, Upgrade{Err: fmt.Sprintf("not run: the load ended at %.0f%%, before this upgrade's mark at %.0f%%", 100*progress(), 100*mark)})
+		if progress() < mark || closed(done) || ctx.Err() != nil {
+			ups = append(ups, Upgrade{NotRun: true, Err: fmt.Sprintf("not run: the load ended before this upgrade's mark at %.0f%% of it", 100*mark)})
 			continue
 		}
 		at := time.Since(start)
@@ -77,6 +82,15 @@ func Drive(ctx context.Context, start time.Time, n int, progress func() float64,
 		ups = append(ups, u)
 	}
 	return ups
+}
+
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // ControlTrigger upgrades the service whose PID file is pidfile through its
@@ -104,8 +118,9 @@ func ControlTrigger(pidfile string) Trigger {
 // Config describes a verification.
 type Config struct {
 	// Load is the load to apply. With Duration set, the load runs for
-	// that long and upgrades are spread over time; otherwise it sends
-	// Load.Requests and they are spread over the count.
+	// that long, or until the last upgrade is over if that is later, and
+	// upgrades are spread over time; otherwise it sends Load.Requests and
+	// they are spread over the count.
 	Load     load.Config
 	Duration time.Duration
 	Upgrades int
@@ -138,13 +153,19 @@ func Run(ctx context.Context, cfg Config) Report {
 	lc.Completed = &completed
 	var progress func() float64
 	start := time.Now()
+	driven := make(chan struct{})
 	if cfg.Duration > 0 {
-		until := make(chan struct{})
-		t := time.AfterFunc(cfg.Duration, func() { close(until) })
+		elapsed, until := make(chan struct{}), make(chan struct{})
+		t := time.AfterFunc(cfg.Duration, func() { close(elapsed) })
 		defer t.Stop()
+		go func() {
+			<-elapsed
+			<-driven
+			close(until)
+		}()
 		lc.Requests, lc.Until = 0, until
 		if lc.MaxDuration <= 0 {
-			lc.MaxDuration = cfg.Duration + time.Minute
+			lc.MaxDuration = cfg.Duration + time.Duration(cfg.Upgrades+1)*time.Minute
 		}
 		progress = func() float64 { return float64(time.Since(start)) / float64(cfg.Duration) }
 	} else {
@@ -158,6 +179,7 @@ func Run(ctx context.Context, cfg Config) Report {
 		results <- load.Run(ctx, lc)
 	}()
 	ups := Drive(ctx, start, cfg.Upgrades, progress, cfg.Trigger, loadDone)
+	close(driven)
 	res := <-results
 	// Express the upgrade moments from the load's own start.
 	for i := range ups {

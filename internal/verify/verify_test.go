@@ -57,7 +57,7 @@ func TestDrive(t *testing.T) {
 	if ups[1].Err != "boom" {
 		t.Errorf("second upgrade error %q, want boom", ups[1].Err)
 	}
-	if !strings.HasPrefix(ups[2].Err, "not run") {
+	if !ups[2].NotRun || !strings.HasPrefix(ups[2].Err, "not run") {
 		t.Errorf("third upgrade error %q, want not run", ups[2].Err)
 	}
 	rep := Report{Upgrades: ups[:1]}
