@@ -455,7 +455,7 @@ func TestHandoffRunWatch(t *testing.T) {
 	from = s.log.len()
 	installBytes(t, []byte("this is not javascript\n"), app)
 	s.log.waitFor(t, from, "crash loop before this generation was ready")
-	s.log.waitFor(t, from, "upgrade on change failed", "exited before ready")
+	s.log.waitFor(t, from, "upgrade on change failed", "before it was ready")
 	if code, body, err := s.get("/version"); err != nil || code != 200 || body != "node-v2-4" {
 		t.Errorf("after the failed upgrade GET /version = %d %q %v, want 200 node-v2-4 from generation 2", code, body, err)
 	}

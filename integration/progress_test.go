@@ -8,10 +8,10 @@ import (
 	"testing"
 )
 
-// TestReloadFollowsTheDrain: handoff reload prints the result once the new
-// generation is ready, then the old generation's drain (a request in
-// flight is a connection left) until it is over; --no-follow returns at
-// ready.
+// TestReloadFollowsTheDrain: handoff reload --follow (the default on a
+// terminal) prints the result once the new generation is ready, then the
+// old generation's drain (a request in flight is a connection left) until
+// it is over; --no-follow returns at ready.
 func TestReloadFollowsTheDrain(t *testing.T) {
 	s := startHello(t, helloV1)
 	oldPID := s.pid()
@@ -25,9 +25,9 @@ func TestReloadFollowsTheDrain(t *testing.T) {
 	}()
 	s.log.waitFor(t, 0, "sleep request in flight")
 	install(t, helloV2, s.exe)
-	code, out, errOut := s.handoff("reload")
+	code, out, errOut := s.handoff("reload", "--follow")
 	if code != 0 {
-		t.Fatalf("handoff reload: exit %d\n%s%s", code, out, errOut)
+		t.Fatalf("handoff reload --follow: exit %d\n%s%s", code, out, errOut)
 	}
 	if !strings.HasPrefix(out, "reloaded: pid ") {
 		t.Errorf("stdout %q, want the result line", out)

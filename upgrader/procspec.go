@@ -52,13 +52,16 @@ type procSpec struct {
 	gen   int
 	files []*os.File // the sockets, passed as fds 3, 4, ...
 	names []string
+	// stderr is the service's real stderr: never the relay pipe of an
+	// upgrade, which breaks once the previous generation exits.
+	stderr *os.File
 	dir   string // private folder of the notify sockets
 	seq   atomic.Int64
 }
 
 // newProcSpecLocked expects u.mu held.
 func newProcSpecLocked(u *Upgrader) (*procSpec, error) {
-	spec := &procSpec{argv: u.opts.WorkerCommand, gen: u.gen}
+	spec := &procSpec{argv: u.opts.WorkerCommand, gen: u.gen, stderr: u.serviceStderr()}
 	if len(spec.argv) == 0 {
 		exe, err := selfExecutable()
 		if err != nil {
@@ -138,7 +141,7 @@ func (s *procSpec) command(id int, notifyPath string, stdin *os.File) *exec.Cmd 
 		env = append(env, fmt.Sprintf("%s=%d:%d", workerEnv, id, s.gen))
 	}
 	cmd.Env = env
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, os.Stdout, os.Stderr
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, os.Stdout, s.stderr
 	cmd.ExtraFiles = s.files
 	cmd.SysProcAttr = workerProcAttr()
 	return cmd

@@ -49,6 +49,7 @@ func (u *Upgrader) inheritStderr() {
 		u.relayStderr = true
 		return
 	}
+	u.firstStderr = os.Stderr
 	if err := u.tf.AddFile(stderrName, os.Stderr); err != nil {
 		u.log.Warn("cannot pass stderr on: a failed upgrade will not show its output", "err", err)
 		return
@@ -57,7 +58,8 @@ func (u *Upgrader) inheritStderr() {
 }
 
 // restoreStderr puts the real stderr back on fd 2 of a new generation,
-// which then no longer writes to the previous generation's relay.
+// which then no longer writes to the previous generation's relay. The
+// inherited file stays open for serviceStderr.
 func (u *Upgrader) restoreStderr() {
 	if u.realStderr == nil {
 		return
@@ -65,8 +67,20 @@ func (u *Upgrader) restoreStderr() {
 	if err := dupOnto(u.realStderr, 2); err != nil {
 		u.log.Warn("cannot restore stderr: it still goes through the previous generation", "err", err)
 	}
-	u.realStderr.Close()
-	u.realStderr = nil
+}
+
+// serviceStderr is the service's real stderr, for the processes it
+// starts: worker processes started before this generation is ready, or
+// while it relays a new generation's stderr, must not get the relay pipe,
+// whose reader goes away with the generation that made it.
+func (u *Upgrader) serviceStderr() *os.File {
+	switch {
+	case u.realStderr != nil:
+		return u.realStderr
+	case u.firstStderr != nil:
+		return u.firstStderr
+	}
+	return os.Stderr
 }
 
 // stderrRelay copies what a new generation writes on stderr to the

@@ -150,7 +150,8 @@ type Upgrader struct {
 	worker  *workerSide // set in a worker process
 	rolling atomic.Bool
 
-	realStderr  *os.File // a new generation's stderr until restoreStderr
+	realStderr  *os.File // a new generation's inherited real stderr
+	firstStderr *os.File // the first generation's stderr, before any relay
 	relayStderr bool     // the next generation gets the real stderr to restore
 
 	mu        sync.Mutex

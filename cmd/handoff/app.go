@@ -76,12 +76,16 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			{
 				Name:      "reload",
 				Usage:     "upgrade the service to the binary now on disk and wait until the new generation is ready",
-				UsageText: "handoff reload [--pidfile PATH] [--timeout DUR] [--json] [--no-follow]",
+				UsageText: "handoff reload [--pidfile PATH] [--timeout DUR] [--json] [--follow | --no-follow]",
 				Description: "Exits 0 once the new generation is ready, non-zero with the reason when it is not (the old\n" +
-					"generation then goes on serving). It then follows the old generation's drain until it is over,\n" +
-					"unless --no-follow: the exit code is decided at ready either way.",
+					"generation then goes on serving). On a terminal, or with --follow, it then shows the old\n" +
+					"generation's drain until it is over; elsewhere (scripts, ExecReload=) it returns at ready.\n" +
+					"The exit code is decided at ready either way.",
 				Flags: []cli.Flag{pidfileFlag(), jsonFlag(), timeoutFlag(), &cli.BoolFlag{
-					Name: "no-follow", Usage: "return once the new generation is ready, without following the old one's drain",
+					Name: "follow", Usage: "after ready, follow the old generation's drain until it is over (default on a terminal)",
+					EnvVars: []string{"HANDOFF_FOLLOW"},
+				}, &cli.BoolFlag{
+					Name: "no-follow", Usage: "return once the new generation is ready, even on a terminal",
 					EnvVars: []string{"HANDOFF_NO_FOLLOW"},
 				}},
 				Action: reload,
@@ -157,8 +161,9 @@ func request(c *cli.Context, cmd string, progress func(control.Message)) (contro
 	return control.Do(ctx, control.SocketPath(pidfile), control.Request{Cmd: cmd}, progress)
 }
 
-// reload exits 0 once the new generation is ready; unless --no-follow, it
-// then shows the old generation's drain until it is over (or --timeout).
+// reload exits 0 once the new generation is ready; on a terminal or with
+// --follow it then shows the old generation's drain until it is over (or
+// --timeout).
 func reload(c *cli.Context) error {
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
 	defer cancel()
@@ -171,7 +176,14 @@ func reload(c *cli.Context) error {
 	req, socket := control.Request{Cmd: control.CmdUpgrade}, control.SocketPath(c.String("pidfile"))
 	var m control.Message
 	var err error
+	follow := isTerminal(c.App.Writer)
+	if c.IsSet("follow") {
+		follow = c.Bool("follow")
+	}
 	if c.Bool("no-follow") {
+		follow = false
+	}
+	if !follow {
 		m, err = control.Do(ctx, socket, req, show)
 		if m.Final {
 			show(m)
@@ -182,7 +194,7 @@ func reload(c *cli.Context) error {
 	if err != nil {
 		return reloadError{err: err, stderr: m.Stderr}
 	}
-	if !c.Bool("no-follow") && !v.drained && v.drainSeen {
+	if follow && !v.drained && v.drainSeen {
 		if ctx.Err() != nil {
 			v.note("stopped following the old generation's drain at --timeout; it goes on")
 		} else {
