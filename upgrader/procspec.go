@@ -55,8 +55,8 @@ type procSpec struct {
 	// stderr is the service's real stderr: never the relay pipe of an
 	// upgrade, which breaks once the previous generation exits.
 	stderr *os.File
-	dir   string // private folder of the notify sockets
-	seq   atomic.Int64
+	dir    string // private folder of the notify sockets
+	seq    atomic.Int64
 }
 
 // newProcSpecLocked expects u.mu held.
