@@ -127,6 +127,7 @@ type procPool struct {
 	procs   map[*workerProc]struct{}
 	nready  int
 	killed  int64 // workers killed at the drain timeout
+	open    bool  // the generation is ready: workers may accept
 	publish bool  // write the workers PID file
 	rolling bool
 }
@@ -143,6 +144,7 @@ func newProcPool(u *Upgrader, spec *procSpec) *procPool {
 		readyC:       make(chan struct{}),
 		failed:       make(chan struct{}),
 		failFast:     u.HasParent(),
+		open:         !u.HasParent(), // the first generation serves alone
 		draining:     make(chan struct{}),
 		slots:        make([]procSlot, u.opts.Workers),
 		procs:        make(map[*workerProc]struct{}),
@@ -213,6 +215,9 @@ func (pp *procPool) spawn(id int, replacement bool) (*workerProc, error) {
 		s.cur = p
 	}
 	pp.procs[p] = struct{}{}
+	if pp.open {
+		p.openGate()
+	}
 	pp.live.Add(1)
 	pp.writePIDsLocked()
 	pp.log.Info("worker started", "worker", id, "worker_pid", p.pid, "replacement", replacement)
@@ -512,6 +517,23 @@ func (pp *procPool) cutCount() int64 {
 	return pp.killed
 }
 
+// openGate lets every worker accept, now and once started: the
+// generation is ready.
+func (pp *procPool) openGate() {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	pp.open = true
+	for p := range pp.procs {
+		p.openGate()
+	}
+}
+
+// openGate tells the worker process it may accept. A worker that has
+// died meanwhile makes this a failed write, which changes nothing.
+func (p *workerProc) openGate() {
+	p.lifeline.Write([]byte{gateOpen})
+}
+
 // setPublish turns the writing of the workers PID file on (once this
 // generation is ready, or again after a failed upgrade) or off (while a
 // new generation takes over: the file becomes its own).
@@ -627,6 +649,16 @@ func (u *Upgrader) newWorkersLocked(fn WorkerFunc) (workers, error) {
 		return newProcPool(u, spec), nil
 	default:
 		return nil, fmt.Errorf("upgrader: unknown worker mode %q", u.opts.WorkerMode)
+	}
+}
+
+// openWorkers lets the worker processes of a ready generation accept.
+func (u *Upgrader) openWorkers() {
+	u.mu.Lock()
+	pp, ok := u.pool.(*procPool)
+	u.mu.Unlock()
+	if ok {
+		pp.openGate()
 	}
 }
 

@@ -488,6 +488,7 @@ func (u *Upgrader) markReady() error {
 	close(u.ready)
 	close(u.gate)
 	u.mu.Unlock()
+	u.openWorkers()
 	if u.ppid != 0 {
 		u.countReadyAfterUpgrade(u.upgradeStart)
 	}

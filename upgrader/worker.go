@@ -1,6 +1,7 @@
 package upgrader
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -26,7 +27,15 @@ type workerSide struct {
 	lifeline *os.File // nil where it cannot be watched
 	stopC    chan struct{}
 	stopOnce sync.Once
+	// gate is closed when the master sends gateOpen on the lifeline: its
+	// generation is ready, so this worker may accept (see gatedListener).
+	gate     chan struct{}
+	gateOnce sync.Once
 }
+
+// gateOpen is the byte a master writes on a worker's lifeline once its
+// generation is ready.
+const gateOpen = 'G'
 
 // takeWorkerRole reports whether this process was started as a worker by
 // a handoff master and, if so, takes what the master passed and removes
@@ -43,7 +52,7 @@ func takeWorkerRole() (*workerSide, int, error) {
 	if err1 != nil || err2 != nil {
 		return nil, 0, fmt.Errorf("upgrader: worker marker %s=%q is not ID:GENERATION", workerEnv, v)
 	}
-	w := &workerSide{id: id, files: make(map[string]*os.File), stopC: make(chan struct{})}
+	w := &workerSide{id: id, files: make(map[string]*os.File), stopC: make(chan struct{}), gate: make(chan struct{})}
 	if os.Getenv("LISTEN_FDS") != "" && os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
 		return nil, 0, fmt.Errorf("upgrader: worker %d: LISTEN_PID=%s is not this process (pid %d)", id, os.Getenv("LISTEN_PID"), os.Getpid())
 	}
@@ -124,7 +133,15 @@ func (w *workerSide) stop() { w.stopOnce.Do(func() { close(w.stopC) }) }
 // and EOF on the lifeline (the master is gone) stops it at once.
 func (u *Upgrader) serveWorker(ctx context.Context, fn WorkerFunc) error {
 	w := u.worker
-	p := newPool(1, fn, u.lns, u.pcs, u.log, nil)
+	// Accept only once the master's generation is ready: a new generation
+	// that fails before, and its workers with it, takes no connection from
+	// the queue the serving generation shares. Without a lifeline there is
+	// no gate.
+	var gate <-chan struct{}
+	if w.lifeline != nil {
+		gate = w.gate
+	}
+	p := newPool(1, fn, u.lns, u.pcs, u.log, gate)
 	u.mu.Lock()
 	u.pool = p
 	u.mu.Unlock()
@@ -144,8 +161,11 @@ func (u *Upgrader) serveWorker(ctx context.Context, fn WorkerFunc) error {
 		g.Add(func() error {
 			var b [64]byte
 			for {
-				_, err := w.lifeline.Read(b[:])
+				n, err := w.lifeline.Read(b[:])
 				if err == nil {
+					if bytes.IndexByte(b[:n], gateOpen) >= 0 {
+						w.gateOnce.Do(func() { close(w.gate) })
+					}
 					continue
 				}
 				select {
