@@ -211,6 +211,18 @@ func abHeartbeat(line string) (int64, bool) {
 // failure, and a reset also as a "Receive" failure, so Receive is not added
 // again; connect failures are retried by ab and each counts as a failed
 // attempt.
+// setFailures keeps the failure kinds that occurred and adds them up.
+func (r *loadResult) setFailures(kinds map[string]int64) {
+	for k, v := range kinds {
+		if v == 0 {
+			delete(kinds, k)
+			continue
+		}
+		r.Failed += v
+	}
+	r.ByKind = kinds
+}
+
 func parseAB(out string) (loadResult, error) {
 	var r loadResult
 	field := func(name string) (string, bool) {
@@ -234,14 +246,7 @@ func parseAB(out string) (loadResult, error) {
 	if s, ok := field("Non-2xx responses"); ok {
 		kinds["status"], _ = strconv.ParseInt(s, 10, 64)
 	}
-	for k, v := range kinds {
-		if v == 0 {
-			delete(kinds, k)
-			continue
-		}
-		r.Failed += v
-	}
-	r.ByKind = kinds
+	r.setFailures(kinds)
 	r.OK = max(completeN-kinds["read"]-kinds["status"], 0)
 	r.Requests = r.OK + r.Failed
 	if s, ok := field("Time taken for tests"); ok {
@@ -367,14 +372,7 @@ func parseWrk(out string) (loadResult, error) {
 	if m := regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`).FindStringSubmatch(out); m != nil {
 		kinds["status"], _ = strconv.ParseInt(m[1], 10, 64)
 	}
-	for k, v := range kinds {
-		if v == 0 {
-			delete(kinds, k)
-			continue
-		}
-		r.Failed += v
-	}
-	r.ByKind = kinds
+	r.setFailures(kinds)
 	// wrk's request count holds the non-2xx answers; socket errors are
 	// requests that got no answer.
 	r.OK = max(total-kinds["status"], 0)
