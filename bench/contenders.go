@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -15,12 +14,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"text/template"
 	"time"
 
 	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/internal/linelog"
 	"github.com/gohandoff/handoff/internal/proc"
 	"github.com/gohandoff/handoff/internal/verify"
 	"github.com/gohandoff/handoff/upgrader"
@@ -443,75 +442,32 @@ func freeAddr() (string, error) {
 }
 
 // lineLog keeps a contender's output lines and lets the driver wait for one.
-type lineLog struct {
-	mu    sync.Mutex
-	lines []string
-	cond  chan struct{}
-}
+type lineLog struct{ *linelog.Log }
 
-func newLineLog(r io.Reader) *lineLog {
-	l := &lineLog{cond: make(chan struct{})}
-	go func() {
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			l.mu.Lock()
-			l.lines = append(l.lines, sc.Text())
-			close(l.cond)
-			l.cond = make(chan struct{})
-			l.mu.Unlock()
-		}
-		io.Copy(io.Discard, r)
-	}()
-	return l
-}
+func newLineLog(r io.Reader) *lineLog { return &lineLog{linelog.New(r)} }
 
-func (l *lineLog) len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.lines)
-}
-
-func (l *lineLog) line(i int) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.lines[i]
-}
+func (l *lineLog) len() int          { return l.Len() }
+func (l *lineLog) line(i int) string { return l.Line(i) }
+func (l *lineLog) tail(n int) string { return l.Tail(n) }
 
 // find returns the index of the first line from `from` holding any of
 // parts, or -1.
 func (l *lineLog) find(from int, parts ...string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for i := from; i < len(l.lines); i++ {
-		for _, p := range parts {
-			if strings.Contains(l.lines[i], p) {
-				return i
-			}
-		}
-	}
-	return -1
+	i, _, _ := l.Find(from, linelog.Any(parts...))
+	return i
 }
 
 // waitFor waits for a line from `from` holding any of parts.
 func (l *lineLog) waitFor(ctx context.Context, from int, parts ...string) (int, error) {
 	for {
-		l.mu.Lock()
-		c := l.cond
-		l.mu.Unlock()
-		if i := l.find(from, parts...); i >= 0 {
+		i, change, _ := l.Find(from, linelog.Any(parts...))
+		if i >= 0 {
 			return i, nil
 		}
 		select {
-		case <-c:
+		case <-change:
 		case <-ctx.Done():
 			return -1, fmt.Errorf("no line with %q: %w", parts, ctx.Err())
 		}
 	}
-}
-
-func (l *lineLog) tail(n int) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.lines[max(0, len(l.lines)-n):], "\n")
 }

@@ -423,11 +423,7 @@ func (c *clients) finish(t *testing.T, what string) {
 }
 
 // line returns the i-th line logged.
-func (lw *logWatch) line(i int) string {
-	lw.mu.Lock()
-	defer lw.mu.Unlock()
-	return lw.lines[i]
-}
+func (lw *logWatch) line(i int) string { return lw.Line(i) }
 
 // logValue returns the value of key in a text log line.
 func logValue(line, key string) string {

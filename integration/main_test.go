@@ -6,7 +6,6 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -18,11 +17,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/gohandoff/handoff/internal/linelog"
 	"github.com/gohandoff/handoff/internal/proc"
 	"github.com/gohandoff/handoff/upgrader"
 )
@@ -102,47 +101,15 @@ func installBytes(t *testing.T, b []byte, dst string) {
 
 // logWatch collects a service's output, shared by all its generations,
 // and lets a test wait for a line.
-type logWatch struct {
-	mu     sync.Mutex
-	lines  []string
-	failed string        // set by fail: waits give up with this reason
-	cond   chan struct{} // closed and replaced on every new line
-}
+type logWatch struct{ *linelog.Log }
 
-func newLogWatch(r io.Reader) *logWatch {
-	lw := &logWatch{cond: make(chan struct{})}
-	go func() {
-		if c, ok := r.(io.Closer); ok {
-			defer c.Close()
-		}
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			lw.mu.Lock()
-			lw.lines = append(lw.lines, sc.Text())
-			close(lw.cond)
-			lw.cond = make(chan struct{})
-			lw.mu.Unlock()
-		}
-	}()
-	return lw
-}
+func newLogWatch(r io.Reader) *logWatch { return &logWatch{linelog.New(r)} }
 
 // fail makes every wait give up with reason, e.g. when the process that
 // was to log the line has exited.
-func (lw *logWatch) fail(reason string) {
-	lw.mu.Lock()
-	defer lw.mu.Unlock()
-	lw.failed = reason
-	close(lw.cond)
-	lw.cond = make(chan struct{})
-}
+func (lw *logWatch) fail(reason string) { lw.End(reason) }
 
-func (lw *logWatch) String() string {
-	lw.mu.Lock()
-	defer lw.mu.Unlock()
-	return strings.Join(lw.lines, "\n")
-}
+func (lw *logWatch) len() int { return lw.Len() }
 
 // waitFor waits until a line holding every one of parts has been logged
 // after the first `from` lines, and returns its index.
@@ -151,39 +118,19 @@ func (lw *logWatch) waitFor(t *testing.T, from int, parts ...string) int {
 	timer := time.NewTimer(time.Until(deadline(t)))
 	defer timer.Stop()
 	for {
-		lw.mu.Lock()
-		for i := from; i < len(lw.lines); i++ {
-			if containsAll(lw.lines[i], parts) {
-				lw.mu.Unlock()
-				return i
-			}
+		i, change, ended := lw.Find(from, linelog.All(parts...))
+		if i >= 0 {
+			return i
 		}
-		c, failed := lw.cond, lw.failed
-		lw.mu.Unlock()
-		if failed != "" {
-			t.Fatalf("no log line with %q: %s; log:\n%s", parts, failed, lw)
+		if ended != "" {
+			t.Fatalf("no log line with %q: %s; log:\n%s", parts, ended, lw)
 		}
 		select {
-		case <-c:
+		case <-change:
 		case <-timer.C:
 			t.Fatalf("no log line with %q; log:\n%s", parts, lw)
 		}
 	}
-}
-
-func (lw *logWatch) len() int {
-	lw.mu.Lock()
-	defer lw.mu.Unlock()
-	return len(lw.lines)
-}
-
-func containsAll(s string, parts []string) bool {
-	for _, p := range parts {
-		if !strings.Contains(s, p) {
-			return false
-		}
-	}
-	return true
 }
 
 // service is a hello service started from a path of its own.
