@@ -495,3 +495,76 @@ func TestRollStopsAtFailingReplacement(t *testing.T) {
 		t.Errorf("master state %q after the failed roll, want ready", st.State)
 	}
 }
+
+// servedBy asks GET /healthz on new connections until the answer comes
+// from pid, and returns that answer.
+func (s *service) servedBy(pid int) string {
+	s.t.Helper()
+	want := fmt.Sprintf("pid=%d ", pid)
+	for time.Now().Before(deadline(s.t)) {
+		code, body, err := s.get("/healthz")
+		if err != nil || code != 200 {
+			s.t.Fatalf("GET /healthz = %d %q %v", code, body, err)
+		}
+		if strings.Contains(body, want) {
+			return body
+		}
+	}
+	s.t.Fatalf("no answer from pid %d", pid)
+	return ""
+}
+
+// TestProcessModeRespawnRunsServingCode: a binary replaced on disk reaches
+// worker processes only through an upgrade. A worker that crashes after a
+// deploy installed a broken build, or removed the file, is replaced from
+// the serving generation's own executable; so is every worker of a roll.
+// Under load, nothing beyond the killed worker's own requests fails.
+func TestProcessModeRespawnRunsServingCode(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		install func(s *service)
+	}{
+		{"broken build installed", func(s *service) {
+			installBytes(t, []byte("#!/bin/sh\necho 'broken build' >&2\nexit 1\n"), s.exe)
+		}},
+		{"file removed", func(s *service) { os.Remove(s.exe) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := startHello(t, helloV1, "--workers", "2", "--worker-mode", "process")
+			l := runLoad(t, s, false)
+			c.install(s)
+
+			victim := s.checkWorkers(2)[0]
+			if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			now, _ := s.waitWorkersChange(victim, 2, 10*time.Second)
+			for _, pid := range now {
+				if body := s.servedBy(pid); !strings.Contains(body, "generation=1 version=v1") {
+					t.Errorf("worker %d after the respawn: %q, want generation 1's v1", pid, body)
+				}
+			}
+			res := l.stop()
+			if res.Failed > 200 {
+				t.Errorf("%d requests failed, more than the 200 clients could have had on the killed worker: %v", res.Failed, res.ByKind)
+			}
+
+			code, out, errOut := s.handoff("restart-workers")
+			if code != 0 {
+				t.Fatalf("handoff restart-workers: exit %d\n%s%s", code, out, errOut)
+			}
+			// The new workers come first; an old one may still drain.
+			for _, pid := range s.workerPIDs()[:2] {
+				if slices.Contains(now, pid) {
+					t.Errorf("worker %d not replaced by the roll", pid)
+				}
+				if body := s.servedBy(pid); !strings.Contains(body, "generation=1 version=v1") {
+					t.Errorf("worker %d after the roll: %q, want generation 1's v1", pid, body)
+				}
+			}
+			if strings.Contains(s.log.String(), "broken build") {
+				t.Errorf("a worker ran the build installed on disk:\n%s", s.log)
+			}
+		})
+	}
+}

@@ -49,6 +49,11 @@ func fdName(network, addr string) string {
 type procSpec struct {
 	argv  []string // program and arguments
 	self  bool     // argv is this executable, to run in the worker role
+	// image, for self, is the file executed in place of argv[0]: the
+	// master's own executable image where the system can name it
+	// (/proc/self/exe), so that a worker runs the serving generation's
+	// code even after a deploy replaced or removed the file on disk.
+	image string
 	gen   int
 	files []*os.File // the sockets, passed as fds 3, 4, ...
 	names []string
@@ -67,7 +72,7 @@ func newProcSpecLocked(u *Upgrader) (*procSpec, error) {
 		if err != nil {
 			return nil, err
 		}
-		spec.argv, spec.self = append([]string{exe}, os.Args[1:]...), true
+		spec.argv, spec.self, spec.image = append([]string{exe}, os.Args[1:]...), true, ownImage(exe)
 	}
 	socks := u.socks
 	seen := make(map[string]bool)
@@ -122,8 +127,16 @@ func selfExecutable() (string, error) {
 // LISTEN_FDNAMES, NOTIFY_SOCKET and, for this executable, the worker
 // marker. stdin is the lifeline: the worker sees EOF on it when the master
 // is gone.
+//
+// Another program is started through /bin/sh, which sets LISTEN_PID. This
+// executable is started directly from the master's image, under the
+// argv[0] it was started with (so ps shows the service's path); it sets
+// LISTEN_PID itself, seeing the worker marker (takeWorkerRole).
 func (s *procSpec) command(id int, notifyPath string, stdin *os.File) *exec.Cmd {
 	cmd := exec.Command("/bin/sh", append([]string{"-c", listenPIDWrapper}, s.argv...)...)
+	if s.self {
+		cmd = &exec.Cmd{Path: s.image, Args: s.argv}
+	}
 	env := make([]string, 0, len(os.Environ())+4)
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")

@@ -75,7 +75,7 @@ func TestWorkerEnv(t *testing.T) {
 	}
 	defer f.Close()
 	for _, self := range []bool{false, true} {
-		spec := &procSpec{argv: []string{"/bin/true"}, self: self, gen: 7, files: []*os.File{f}, names: []string{"tcp-127.0.0.1-80"}}
+		spec := &procSpec{argv: []string{"/bin/true"}, image: "/proc/self/exe", self: self, gen: 7, files: []*os.File{f}, names: []string{"tcp-127.0.0.1-80"}}
 		cmd := spec.command(2, "/tmp/n.sock", nil)
 		env := map[string][]string{}
 		for _, kv := range cmd.Env {
@@ -101,7 +101,11 @@ func TestWorkerEnv(t *testing.T) {
 		if _, ok := env[workerEnv]; ok != self {
 			t.Errorf("self=%v: worker marker set: %v", self, ok)
 		}
-		if got := cmd.Args[:3]; !slices.Equal(got, []string{"/bin/sh", "-c", listenPIDWrapper}) {
+		if self {
+			if cmd.Path != spec.image || !slices.Equal(cmd.Args, spec.argv) {
+				t.Errorf("own worker runs %s %q, want the master's image %s %q", cmd.Path, cmd.Args, spec.image, spec.argv)
+			}
+		} else if got := cmd.Args[:3]; !slices.Equal(got, []string{"/bin/sh", "-c", listenPIDWrapper}) {
 			t.Errorf("command %q does not set LISTEN_PID through the shell", cmd.Args)
 		}
 	}

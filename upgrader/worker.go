@@ -53,6 +53,11 @@ func takeWorkerRole() (*workerSide, int, error) {
 		return nil, 0, fmt.Errorf("upgrader: worker marker %s=%q is not ID:GENERATION", workerEnv, v)
 	}
 	w := &workerSide{id: id, files: make(map[string]*os.File), stopC: make(chan struct{}), gate: make(chan struct{})}
+	if _, ok := os.LookupEnv("LISTEN_PID"); !ok {
+		// The master starts its own executable without a shell: the
+		// sockets it passed are this process's (see procSpec.command).
+		os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+	}
 	if os.Getenv("LISTEN_FDS") != "" && os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
 		return nil, 0, fmt.Errorf("upgrader: worker %d: LISTEN_PID=%s is not this process (pid %d)", id, os.Getenv("LISTEN_PID"), os.Getpid())
 	}

@@ -119,7 +119,7 @@ func newMux(upg *upgrader.Upgrader) *http.ServeMux {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-upg.Ready():
-			fmt.Fprintf(w, "ok pid=%d generation=%d\n", os.Getpid(), upg.Generation())
+			fmt.Fprintf(w, "ok pid=%d generation=%d version=%s\n", os.Getpid(), upg.Generation(), buildVersion())
 		default:
 			http.Error(w, "starting", http.StatusServiceUnavailable)
 		}
