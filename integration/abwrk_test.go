@@ -58,7 +58,11 @@ func countIn(t *testing.T, report, pattern string) int {
 // completes, none fails.
 func TestFaultApacheBenchKeepAlive(t *testing.T) {
 	ab := lookTool(t, "ab", "apache2-utils")
-	s := startHello(t, helloV1)
+	forEachMode(t, func(t *testing.T, m workerMode) { testApacheBenchKeepAlive(t, ab, m) })
+}
+
+func testApacheBenchKeepAlive(t *testing.T, ab string, m workerMode) {
+	s := startHello(t, helloV1, m.args...)
 	const total = 40000
 	cmd := exec.Command(ab, "-k", "-c", "50", "-n", strconv.Itoa(total), "-s", "30", "http://"+s.addr+"/")
 	var report bytes.Buffer
@@ -129,7 +133,11 @@ func established(t *testing.T, addr string) int {
 // no answer other than 200.
 func TestFaultWrkKeepAlive(t *testing.T) {
 	wrk := lookTool(t, "wrk", "wrk")
-	s := startHello(t, helloV1)
+	forEachMode(t, func(t *testing.T, m workerMode) { testWrkKeepAlive(t, wrk, m) })
+}
+
+func testWrkKeepAlive(t *testing.T, wrk string, m workerMode) {
+	s := startHello(t, helloV1, m.args...)
 	const conns = 50
 	cmd := exec.Command(wrk, "-t", "2", "-c", strconv.Itoa(conns), "-d", "120s", "--timeout", "10s", "http://"+s.addr+"/")
 	var report bytes.Buffer
@@ -159,9 +167,9 @@ func TestFaultWrkKeepAlive(t *testing.T) {
 	}
 	out := report.String()
 	requests := countIn(t, out, `(\d+) requests in`)
-	m := regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`).FindStringSubmatch(out)
+	se := regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`).FindStringSubmatch(out)
 	socketErrs := 0
-	for _, v := range m[min(1, len(m)):] {
+	for _, v := range se[min(1, len(se)):] {
 		n, _ := strconv.Atoi(v)
 		socketErrs += n
 	}

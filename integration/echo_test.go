@@ -72,18 +72,18 @@ func TestFaultLongLivedConnection(t *testing.T) {
 		install(t, echoV2, s.exe)
 		s.reload()
 		if err := echoLine(c, r, "after the upgrade"); err != nil {
-			t.Errorf("long-lived connection after the upgrade: %v, want it still served by pid %d", err, gen1)
+			t.Errorf("long-lived connection after the upgrade: %v, want it still served by generation 1 (pid %d)", err, gen1)
 		}
 		l.advance(t, 200)
-		s.log.waitFor(t, 0, "draining connections", fmt.Sprintf("pid=%d", gen1))
+		s.log.waitFor(t, 0, "draining connections", "generation=1")
 
 		// Generation 1 closes it at its drain timeout, and only then.
 		c.SetReadDeadline(time.Now().Add(time.Until(deadline(t))))
 		if b, err := r.ReadString('\n'); err == nil {
 			t.Errorf("long-lived connection read %q, want it closed at the drain timeout", b)
 		}
-		s.log.waitFor(t, 0, "drain timeout: connections closed", "closed=1", fmt.Sprintf("pid=%d", gen1))
-		s.log.waitFor(t, 0, "msg=exited", fmt.Sprintf("pid=%d", gen1))
+		s.log.waitFor(t, 0, "drain timeout: connections closed", "closed=1", "generation=1")
+		s.log.waitFor(t, 0, "previous generation exited", "generation=2", fmt.Sprintf("parent_pid=%d", gen1))
 		l.advance(t, 200)
 		l.finish(t, "echo load")
 		s.onlyProcess(s.pid())

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,7 +30,7 @@ import (
 
 // workerMode is a way of running a service's workers. The fault tests run
 // in every mode listed in workerModes; a mode adds its flags to the
-// service's command line. Worker processes will add a mode here.
+// service's command line.
 type workerMode struct {
 	name string
 	args []string
@@ -37,6 +38,7 @@ type workerMode struct {
 
 var workerModes = []workerMode{
 	{name: "goroutines", args: []string{"--workers", "4"}},
+	{name: "processes", args: []string{"--workers", "2", "--worker-mode", "process"}},
 }
 
 // forEachMode runs f as a subtest in every worker mode.
@@ -190,11 +192,17 @@ func (s *service) pidFileBytes() string {
 	return string(b)
 }
 
-// onlyProcess fails the test unless the only process of s is pid.
+// onlyProcess fails the test unless the processes of s are pid and its
+// worker processes, if it has any: no other generation is left.
 func (s *service) onlyProcess(pid int) {
 	s.t.Helper()
-	if pids := s.pids(); len(pids) != 1 || pids[0] != pid {
-		s.t.Errorf("processes of %s: %v, want only %d", s.exe, pids, pid)
+	pids := s.pids()
+	ok := slices.Contains(pids, pid)
+	for _, p := range pids {
+		ok = ok && (p == pid || ppid(p) == pid)
+	}
+	if !ok {
+		s.t.Errorf("processes of %s: %v, want only %d and its workers", s.exe, pids, pid)
 	}
 }
 
@@ -214,15 +222,24 @@ type heldRequest struct {
 	t    *testing.T
 	conn net.Conn
 	br   *bufio.Reader
-	pid  int // the generation's pid that holds it
+	pid  int // the process that holds it: the master, or a worker process
+	gen  int // its generation
+	// master is the pid of that generation's master (pid in goroutine
+	// mode).
+	master int
 }
 
-var healthzPID = regexp.MustCompile(`pid=(\d+)`)
+var (
+	healthzPID = regexp.MustCompile(`pid=(\d+)`)
+	healthzGen = regexp.MustCompile(`generation=(\d+)`)
+)
 
 // holdRequest asks GET /healthz on a new connection, so that the serving
-// generation surely holds it, then sends half of a POST / on it.
-func holdRequest(t *testing.T, addr string) *heldRequest {
+// generation surely holds it, then sends half of a POST / on it. The
+// serving generation is the only one of s.
+func holdRequest(t *testing.T, s *service) *heldRequest {
 	t.Helper()
+	addr := s.addr
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -241,6 +258,10 @@ func holdRequest(t *testing.T, addr string) *heldRequest {
 		t.Fatalf("held request: GET /healthz = %d %q", resp.StatusCode, body)
 	}
 	h.pid, _ = strconv.Atoi(string(m[1]))
+	if m := healthzGen.FindSubmatch(body); m != nil {
+		h.gen, _ = strconv.Atoi(string(m[1]))
+	}
+	h.master = s.pid()
 	fmt.Fprintf(conn, "POST / HTTP/1.1\r\nHost: %s\r\nContent-Length: 8\r\n\r\nhalf", addr)
 	return h
 }
@@ -298,7 +319,7 @@ func (s *service) restart(args ...string) *service {
 	s.t.Helper()
 	s2 := &service{t: s.t, dir: s.dir, exe: s.exe, pidfile: s.pidfile, addr: s.addr, wrap: s.wrap, env: s.env}
 	s2.start(args...)
-	s2.log.waitFor(s.t, 0, "msg=ready", "generation=1")
+	s2.waitReady()
 	return s2
 }
 

@@ -110,7 +110,7 @@ func TestFaultNewBinaryHangsBeforeReady(t *testing.T) {
 			{"one worker never ready", testsvc, func(s *service) {
 				script := fmt.Sprintf("#!/bin/bash\nexec -a \"$0\" %q \"$@\" --hang-worker\n", testsvc)
 				installBytes(t, []byte(script), s.exe)
-			}, "worker hangs before ready"},
+			}, `msg="not ready yet" `},
 		}
 		for _, c := range cases {
 			t.Run(c.name, func(t *testing.T) {
@@ -123,6 +123,14 @@ func TestFaultNewBinaryHangsBeforeReady(t *testing.T) {
 				line, errOut := s.reloadFails()
 				wantContains(t, "reason", line, "timed out: not ready within the upgrade timeout of 2s, killed")
 				wantContains(t, "handoff reload's stderr", errOut, c.stderr)
+				if c.bin == testsvc {
+					// Before it is killed, the new generation names what
+					// it waits for: worker 0, which hangs.
+					wantContains(t, "handoff reload's stderr", errOut, `waiting_for="worker 0`)
+					if strings.Contains(errOut, "worker 1") {
+						t.Errorf("worker 1, which is ready, is named among those waited for:\n%s", errOut)
+					}
+				}
 				l.advance(1000)
 				l.finish()
 				s.wantUnchanged(pid, pidFile)
@@ -268,13 +276,13 @@ func TestFaultUpgradeWhileDraining(t *testing.T) {
 	forEachMode(t, func(t *testing.T, m workerMode) {
 		s := startHello(t, helloV1, m.args...)
 		l := runLoad(t, s, true)
-		held := holdRequest(t, s.addr) // keeps generation 1 draining
+		held := holdRequest(t, s) // keeps generation 1 draining
 		install(t, helloV2, s.exe)
 		s.reload()
 		from := s.log.len()
 		install(t, helloV1, s.exe)
 		second := s.reloadAsync()
-		s.log.waitFor(t, from, "upgrade waits for previous generation to drain", "generation=2", fmt.Sprintf("parent_pid=%d", held.pid))
+		s.log.waitFor(t, from, "upgrade waits for previous generation to drain", "generation=2", fmt.Sprintf("parent_pid=%d", held.master))
 		l.advance(1000)
 		held.wantFinished()
 		r := <-second
@@ -282,7 +290,7 @@ func TestFaultUpgradeWhileDraining(t *testing.T) {
 			t.Fatalf("queued handoff reload: exit %d\n%s%s", r.code, r.out, r.errOut)
 		}
 		wantContains(t, "queued handoff reload's output", r.errOut+r.out,
-			fmt.Sprintf("previous generation pid %d is still draining", held.pid), "generation 3, version v1")
+			fmt.Sprintf("previous generation pid %d is still draining", held.master), "generation 3, version v1")
 		l.advance(1000)
 		l.finish()
 		s.log.waitFor(t, 0, "previous generation exited", "generation=3")
@@ -416,13 +424,17 @@ func wantNothingLeft(t *testing.T, s *service) {
 
 // Row 9: SIGKILL of the master leaves no process on the port, and a
 // restart works at once, also while a previous generation still drains.
+// Worker processes die with their master: the kernel sends them SIGKILL
+// when it dies, and the test waits until they have exited.
 func TestFaultMasterKilled(t *testing.T) {
 	forEachMode(t, func(t *testing.T, m workerMode) {
 		t.Run("serving", func(t *testing.T) {
 			s := startHello(t, helloV1, m.args...)
 			l := runLoad(t, s, false)
+			workers := s.workersOf(s.pid())
 			s.cmd.Process.Kill()
 			<-s.exited
+			s.waitWorkersDead(workers)
 			l.stop() // requests fail while nothing serves: not counted
 			wantFree(t, s.addr)
 			s2 := s.restart(m.args...)
@@ -433,12 +445,14 @@ func TestFaultMasterKilled(t *testing.T) {
 		})
 		t.Run("previous generation draining", func(t *testing.T) {
 			s := startHello(t, helloV1, m.args...)
-			held := holdRequest(t, s.addr)
+			held := holdRequest(t, s)
 			install(t, helloV2, s.exe)
 			s.reload()
 			master := s.pid()
+			workers := s.workersOf(master)
 			syscall.Kill(master, syscall.SIGKILL)
 			waitExit(t, master)
+			s.waitWorkersDead(workers)
 			wantFree(t, s.addr) // the draining generation holds no listener
 			s2 := s.restart(m.args...)
 			if code, _, err := s2.get("/"); err != nil || code != 200 {
@@ -457,7 +471,7 @@ func TestFaultStopDuringUpgrade(t *testing.T) {
 			t.Run(via, func(t *testing.T) {
 				s := startHello(t, helloV1, m.args...)
 				pid := s.pid()
-				held := holdRequest(t, s.addr)
+				held := holdRequest(t, s)
 				g := installGate(t, s.exe, helloV2)
 				reload := s.reloadAsync()
 				s.log.waitFor(t, 0, "gate: waiting")
@@ -503,8 +517,8 @@ func TestFaultDrainTimeout(t *testing.T) {
 	forEachMode(t, func(t *testing.T, m workerMode) {
 		s := startHello(t, helloV1, append(m.args, "--drain-timeout", "3s")...)
 		l := runLoad(t, s, true)
-		long := holdRequest(t, s.addr)
-		short := holdRequest(t, s.addr)
+		long := holdRequest(t, s)
+		short := holdRequest(t, s)
 		install(t, helloV2, s.exe)
 		s.reload()
 		short.wantFinished()
@@ -512,7 +526,7 @@ func TestFaultDrainTimeout(t *testing.T) {
 			t.Errorf("request longer than the drain timeout answered %d, want it cut", code)
 		}
 		s.log.waitFor(t, 0, "drain timeout: connections cut", "cut=1", fmt.Sprintf("pid=%d", long.pid))
-		s.log.waitFor(t, 0, "msg=exited", fmt.Sprintf("pid=%d", long.pid))
+		s.log.waitFor(t, 0, "previous generation exited", "generation=2", fmt.Sprintf("parent_pid=%d", long.master))
 		l.advance(1000)
 		l.finish()
 	})
@@ -591,5 +605,25 @@ func wantUsageError(t *testing.T, what string, code int, out, flag string) {
 	}
 	if !strings.Contains(out, flag) {
 		t.Errorf("%s: %q does not name %q", what, out, flag)
+	}
+}
+
+// workersOf lists the worker processes of master.
+func (s *service) workersOf(master int) []int {
+	var out []int
+	for _, pid := range s.pids() {
+		if ppid(pid) == master {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// waitWorkersDead waits until the worker processes of a killed master
+// have exited.
+func (s *service) waitWorkersDead(workers []int) {
+	s.t.Helper()
+	for _, pid := range workers {
+		waitExit(s.t, pid)
 	}
 }

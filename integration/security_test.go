@@ -108,31 +108,48 @@ func TestSecurityControlSocketOwnerOnly(t *testing.T) {
 // The PID file is replaced atomically, never written through a symlink
 // planted at its path, at start and at an upgrade.
 func TestSecurityPIDFileSymlinkReplaced(t *testing.T) {
+	forEachMode(t, testPIDFileSymlinkReplaced)
+}
+
+func testPIDFileSymlinkReplaced(t *testing.T, m workerMode) {
 	s := newService(t, helloV1, "hello")
+	process := slices.Contains(m.args, "process")
 	victim := filepath.Join(t.TempDir(), "victim")
 	if err := os.WriteFile(victim, []byte("precious\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The PID file and, with worker processes, the workers PID file.
+	files := []string{s.pidfile}
+	if process {
+		files = append(files, s.workersPIDFile())
+	}
 	plant := func() {
 		t.Helper()
-		os.Remove(s.pidfile)
-		if err := os.Symlink(victim, s.pidfile); err != nil {
-			t.Fatal(err)
+		for _, f := range files {
+			os.Remove(f)
+			if err := os.Symlink(victim, f); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	check := func(gen int) {
 		t.Helper()
-		fi, err := os.Lstat(s.pidfile)
-		if err != nil || !fi.Mode().IsRegular() {
-			t.Errorf("generation %d: pid file %v %v, want a regular file", gen, fi.Mode(), err)
+		for _, f := range files {
+			fi, err := os.Lstat(f)
+			if err != nil || !fi.Mode().IsRegular() {
+				t.Errorf("generation %d: %s: %v %v, want a regular file", gen, f, fi.Mode(), err)
+			}
 		}
 		if got := s.pidFileBytes(); got != fmt.Sprintf("%d\n", s.pid()) {
 			t.Errorf("generation %d: pid file holds %q", gen, got)
 		}
+		if process {
+			s.checkWorkers(2)
+		}
 		if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
 			t.Errorf("generation %d: the symlink's target was written: %q", gen, b)
 		}
-		tmps, _ := filepath.Glob(filepath.Join(filepath.Dir(s.pidfile), ".hello.pid.tmp*"))
+		tmps, _ := filepath.Glob(filepath.Join(filepath.Dir(s.pidfile), ".hello.*tmp*"))
 		if len(tmps) > 0 {
 			t.Errorf("generation %d: temporary files left: %v", gen, tmps)
 		}
@@ -141,12 +158,16 @@ func TestSecurityPIDFileSymlinkReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	plant()
-	s.start()
+	s.start(m.args...)
 	s.log.waitFor(t, 0, "msg=ready", "generation=1")
 	check(1)
 	plant()
 	install(t, helloV2, s.exe)
 	s.reload()
+	if process {
+		// The old generation's last workers have left the file.
+		s.log.waitFor(t, 0, "previous generation exited", "generation=2")
+	}
 	check(2)
 }
 
@@ -181,13 +202,29 @@ type inherited struct {
 func TestSecurityNothingLeaksToSpawnedProcesses(t *testing.T) {
 	testsvc := buildBin(t, "integration/testdata/testsvc", "v1")
 	closeOnExecAll(t)
+	forEachMode(t, func(t *testing.T, m workerMode) { testNothingLeaks(t, testsvc, m) })
+}
+
+// internalEnv reports whether kv is a variable of handoff's, tableflip's
+// or of the socket-activation and notify protocols, which an application's
+// own child must not see.
+func internalEnv(kv string) bool {
+	for _, p := range []string{"HANDOFF_", "TABLEFLIP_", "LISTEN_", "NOTIFY_SOCKET="} {
+		if strings.HasPrefix(kv, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func testNothingLeaks(t *testing.T, testsvc string, m workerMode) {
 	s := newService(t, testsvc, "svc")
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "HANDOFF_") && !strings.HasPrefix(kv, "TABLEFLIP_") {
+		if !internalEnv(kv) {
 			s.env = append(s.env, kv)
 		}
 	}
-	s.start()
+	s.start(m.args...)
 	s.log.waitFor(t, 0, "msg=ready", "generation=1")
 	spawn := func(gen int) {
 		t.Helper()
@@ -210,13 +247,13 @@ func TestSecurityNothingLeaksToSpawnedProcesses(t *testing.T) {
 			t.Errorf("generation %d: spawned process has fds %v, want [0 1 2]", gen, in.FDs)
 		}
 		for _, kv := range in.Env {
-			if strings.HasPrefix(kv, "HANDOFF_") || strings.HasPrefix(kv, "TABLEFLIP_") {
+			if internalEnv(kv) {
 				t.Errorf("generation %d: spawned process inherited %s", gen, kv)
 			}
 		}
 	}
 	spawn(1)
-	held := holdRequest(t, s.addr) // generation 1 drains while 2 spawns
+	held := holdRequest(t, s) // generation 1 drains while 2 spawns
 	install(t, testsvc, s.exe)
 	s.reload()
 	spawn(2)

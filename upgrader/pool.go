@@ -39,7 +39,8 @@ type WorkerFunc func(ctx context.Context, w *Worker) error
 
 // Worker is one worker of a generation's pool.
 type Worker struct {
-	// ID numbers the workers of a pool from 0.
+	// ID numbers the workers of a generation from 0. In process mode it
+	// is the worker process's number among its master's workers.
 	ID int
 	// Listeners and PacketConns are the service's sockets, shared by
 	// every worker and every generation. In a generation started by an
@@ -51,12 +52,13 @@ type Worker struct {
 	Logger *slog.Logger
 
 	pool  *pool
+	slot  int // in pool.slots
 	ready sync.Once
 }
 
 // Ready tells the pool that this worker serves. It is safe to call twice.
 func (w *Worker) Ready() {
-	w.ready.Do(func() { w.pool.workerReady(w.ID) })
+	w.ready.Do(func() { w.pool.workerReady(w.slot) })
 }
 
 // Draining returns a channel closed when the generation starts draining,
@@ -84,6 +86,10 @@ type pool struct {
 	done     chan struct{}
 	cancel   context.CancelFunc
 	drainOne sync.Once
+	// procID is, in a worker process, the worker's ID among its
+	// master's workers: the ID of the pool's one Worker. Its logger
+	// already names it. -1 elsewhere.
+	procID int
 
 	mu           sync.Mutex
 	slots        []slot
@@ -107,7 +113,16 @@ func newPool(n int, fn WorkerFunc, lns []net.Listener, pcs []net.PacketConn, log
 		readyC:   make(chan struct{}),
 		done:     make(chan struct{}),
 		slots:    make([]slot, n),
+		procID:   -1,
 	}
+}
+
+// workerLog returns the logger of the worker in slot id.
+func (p *pool) workerLog(id int) *slog.Logger {
+	if p.procID >= 0 {
+		return p.log
+	}
+	return p.log.With("worker", id)
 }
 
 func (p *pool) ready() <-chan struct{} { return p.readyC }
@@ -157,7 +172,7 @@ func (p *pool) supervise(ctx context.Context, id int) {
 			backoff = MinRestartBackoff
 		}
 		p.setState(id, "backoff", err)
-		p.log.Error("worker failed, restarting", "worker", id, "err", err, "backoff", backoff)
+		p.workerLog(id).Error("worker failed, restarting", "err", err, "backoff", backoff)
 		select {
 		case <-time.After(backoff):
 		case <-p.draining:
@@ -176,7 +191,10 @@ func (p *pool) runOnce(ctx context.Context, id int) (err error) {
 			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 		}
 	}()
-	w := &Worker{ID: id, Listeners: p.lns, PacketConns: p.pcs, Logger: p.log.With("worker", id), pool: p}
+	w := &Worker{ID: id, Listeners: p.lns, PacketConns: p.pcs, Logger: p.workerLog(id), pool: p, slot: id}
+	if p.procID >= 0 {
+		w.ID = p.procID
+	}
 	return p.fn(ctx, w)
 }
 

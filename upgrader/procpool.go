@@ -48,6 +48,11 @@ const (
 	stateCrashLoop = "crash-loop"
 )
 
+// workerCutGrace is how long after the drain timeout a worker process has
+// to cut its connections itself, log how many, and exit, before its
+// master kills it.
+const workerCutGrace = time.Second
+
 // errPoolDraining: the pool starts no process any more.
 var errPoolDraining = errors.New("upgrader: worker pool is draining")
 
@@ -105,8 +110,10 @@ type procSlot struct {
 // knows when they are ready, replaces those that die, rolls them on
 // request and lists them in the workers PID file.
 type procPool struct {
-	n            int
-	spec         *procSpec
+	n    int
+	spec *procSpec
+	// closeSockets closes the master's own sockets when the drain starts.
+	closeSockets func()
 	log          *slog.Logger
 	drainTimeout time.Duration
 	readyTimeout time.Duration
@@ -148,6 +155,14 @@ func newProcPool(u *Upgrader, spec *procSpec) *procPool {
 		draining:     make(chan struct{}),
 		slots:        make([]procSlot, u.opts.Workers),
 		procs:        make(map[*workerProc]struct{}),
+		closeSockets: func() {
+			for _, ln := range u.lns {
+				ln.Close()
+			}
+			for _, pc := range u.pcs {
+				pc.Close()
+			}
+		},
 	}
 }
 
@@ -399,7 +414,7 @@ func (pp *procPool) roll(ctx context.Context, progress func(string)) (int, error
 			return id, fmt.Errorf("upgrader: roll stopped at worker %d: %w", id, err)
 		}
 		if err := pp.waitReady(ctx, p); err != nil {
-			pp.stopProc(p, pp.drainTimeout)
+			pp.stopProc(p, pp.drainTimeout+workerCutGrace)
 			return id, fmt.Errorf("upgrader: roll stopped at worker %d: replacement pid %d %w; workers %d to %d keep serving", id, p.pid, err, id, pp.n-1)
 		}
 		pp.mu.Lock()
@@ -415,7 +430,7 @@ func (pp *procPool) roll(ctx context.Context, progress func(string)) (int, error
 		msg := fmt.Sprintf("worker %d: pid %d ready in %d ms", id, p.pid, time.Since(start).Milliseconds())
 		if old != nil {
 			msg += fmt.Sprintf(", old pid %d draining", old.pid)
-			pp.stopProc(old, pp.drainTimeout)
+			pp.stopProc(old, pp.drainTimeout+workerCutGrace)
 		}
 		pp.log.Info("worker replaced", "worker", id, "worker_pid", p.pid, "duration", time.Since(start).Round(time.Millisecond))
 		progress(msg)
@@ -452,7 +467,7 @@ func (pp *procPool) stopProc(p *workerProc, timeout time.Duration) {
 		select {
 		case <-p.exited:
 		case <-t.C:
-			pp.log.Warn("worker still draining at the drain timeout, killing it", "worker", p.id, "worker_pid", p.pid, "timeout", timeout)
+			pp.log.Warn("worker still running after its drain timeout, killing it", "worker", p.id, "worker_pid", p.pid, "timeout", timeout)
 			p.cmd.Process.Kill()
 		}
 	}()
@@ -473,6 +488,14 @@ func (pp *procPool) drain(ctx context.Context) error {
 		for p := range pp.procs {
 			procs = append(procs, p)
 		}
+		// No worker starts from now on: the master lets go of the
+		// sockets, so that once its workers have closed theirs this
+		// generation holds none (a restart after the newer generation
+		// died can bind the address at once).
+		pp.spec.cleanup()
+		if pp.closeSockets != nil {
+			pp.closeSockets()
+		}
 		pp.mu.Unlock()
 		for _, p := range procs {
 			pp.stopProc(p, 0)
@@ -480,12 +503,26 @@ func (pp *procPool) drain(ctx context.Context) error {
 	})
 	done := make(chan struct{})
 	go func() { pp.live.Wait(); close(done) }()
-	defer pp.spec.cleanup()
 	select {
 	case <-done:
 		pp.unpublish()
 		return nil
 	case <-ctx.Done():
+	}
+	// The workers cut what is left at their own drain timeout, which
+	// began with their SIGTERM, and log how many connections they cut; a
+	// second SIGTERM says the same at once (a forced stop). Those still
+	// running after workerCutGrace are killed.
+	pp.mu.Lock()
+	for p := range pp.procs {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	pp.mu.Unlock()
+	select {
+	case <-done:
+		pp.unpublish()
+		return nil
+	case <-time.After(workerCutGrace):
 	}
 	pp.mu.Lock()
 	n := len(pp.procs)

@@ -47,8 +47,8 @@ func fdName(network, addr string) string {
 
 // procSpec says how the master starts a worker process.
 type procSpec struct {
-	argv  []string // program and arguments
-	self  bool     // argv is this executable, to run in the worker role
+	argv []string // program and arguments
+	self bool     // argv is this executable, to run in the worker role
 	// image, for self, is the file executed in place of argv[0]: the
 	// master's own executable image where the system can name it
 	// (/proc/self/exe), so that a worker runs the serving generation's

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,7 +60,8 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 	for _, a := range admin {
 		readies = append(readies, a.ready())
 	}
-	addReadyActor(&g, u.markReady, readies...)
+	slowAfter := u.opts.UpgradeTimeout * 3 / 4
+	addReadyActor(&g, u.markReady, slowAfter, func() { u.slowStart(slowAfter, p) }, readies...)
 	addStartFailureActor(&g, p)
 	// Signals.
 	addSignalActor(&g, u.onSignal, upgradeSignals, rollSignals, stopSignals)
@@ -201,15 +203,29 @@ func (u *Upgrader) removePIDFile() {
 }
 
 // addReadyActor adds to g an actor that calls mark once every channel of
-// readies is closed.
-func addReadyActor(g *run.Group, mark func() error, readies ...<-chan struct{}) {
+// readies is closed. If that takes longer than slowAfter (when positive),
+// it calls slow once meanwhile: a new generation that the previous one
+// will kill at the upgrade timeout says first what it is waiting for.
+func addReadyActor(g *run.Group, mark func() error, slowAfter time.Duration, slow func(), readies ...<-chan struct{}) {
 	done := make(chan struct{})
 	g.Add(func() error {
+		var slowC <-chan time.Time
+		if slowAfter > 0 {
+			t := time.NewTimer(slowAfter)
+			defer t.Stop()
+			slowC = t.C
+		}
 		for _, ready := range readies {
-			select {
-			case <-ready:
-			case <-done:
-				return nil
+			for waiting := true; waiting; {
+				select {
+				case <-ready:
+					waiting = false
+				case <-slowC:
+					slow()
+					slowC = nil
+				case <-done:
+					return nil
+				}
 			}
 		}
 		if err := mark(); err != nil {
@@ -218,6 +234,30 @@ func addReadyActor(g *run.Group, mark func() error, readies ...<-chan struct{}) 
 		<-done
 		return nil
 	}, func(error) { close(done) })
+}
+
+// slowStart logs, for a generation not ready after the given time, which
+// of its workers it still waits for.
+func (u *Upgrader) slowStart(after time.Duration, p workers) {
+	var waiting []string
+	for _, w := range p.status() {
+		if w.State == "ready" {
+			continue
+		}
+		desc := fmt.Sprintf("worker %d", w.ID)
+		if w.PID > 0 {
+			desc += fmt.Sprintf(" (pid %d)", w.PID)
+		}
+		desc += " " + w.State
+		if w.LastErr != "" {
+			desc += ": " + w.LastErr
+		}
+		waiting = append(waiting, desc)
+	}
+	if len(waiting) == 0 {
+		waiting = append(waiting, "the metrics listener")
+	}
+	u.log.Warn("not ready yet", "after", after, "upgrade_timeout", u.opts.UpgradeTimeout, "waiting_for", strings.Join(waiting, "; "))
 }
 
 // addSignalActor adds to g an actor that passes the signals of sets to

@@ -147,6 +147,7 @@ func (u *Upgrader) serveWorker(ctx context.Context, fn WorkerFunc) error {
 		gate = w.gate
 	}
 	p := newPool(1, fn, u.lns, u.pcs, u.log, gate)
+	p.procID = w.id
 	u.mu.Lock()
 	u.pool = p
 	u.mu.Unlock()
@@ -159,7 +160,7 @@ func (u *Upgrader) serveWorker(ctx context.Context, fn WorkerFunc) error {
 			return u.drain(p, nil)
 		}, func(error) { u.Stop() })
 	}
-	addReadyActor(&g, u.workerReady, p.ready())
+	addReadyActor(&g, u.workerReady, 0, nil, p.ready())
 	addSignalActor(&g, u.onWorkerSignal, stopSignals, masterSignals)
 	if w.lifeline != nil {
 		done := make(chan struct{})

@@ -34,9 +34,6 @@ func buildVersion() string { return servicecli.Version(version) }
 func run(args []string) error {
 	fs := flag.NewFlagSet("hello", flag.ContinueOnError)
 	f := servicecli.Register(fs, "127.0.0.1:8080", "run/hello.pid")
-	workerMode := fs.String("worker-mode", string(upgrader.GoroutineWorkers), "`mode` of the workers: goroutine or process (--workers of them)")
-	workersPIDFile := fs.String("workers-pidfile", "", "worker PID file `path` in process mode (default: the PID file's with .workers.pid)")
-	ready := fs.String("ready", "notify", "how a worker process tells it is ready: notify or delay:DUR")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (off if empty)")
 	tlsCert := fs.String("tls-cert", "", "serve HTTPS and HTTP/2 with the PEM certificate chain in this `file` (with --tls-key)")
 	tlsKey := fs.String("tls-key", "", "PEM private key `file` of --tls-cert")
@@ -45,13 +42,6 @@ func run(args []string) error {
 	}
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return servicecli.Usage(errors.New("flags -tls-cert and -tls-key go together"))
-	}
-	if *workerMode != string(upgrader.GoroutineWorkers) && *workerMode != string(upgrader.ProcessWorkers) {
-		return servicecli.Usage(fmt.Errorf("invalid value %q for flag -worker-mode: want goroutine or process", *workerMode))
-	}
-	readyDelay, err := upgrader.ParseReady(*ready)
-	if err != nil {
-		return servicecli.Usage(fmt.Errorf("flag -ready: %w", err))
 	}
 	if *metricsAddr != "" {
 		if err := servicecli.CheckAddr(*metricsAddr); err != nil {
@@ -74,9 +64,6 @@ func run(args []string) error {
 	}
 	var reg *prometheus.Registry
 	opts := f.Options(buildVersion())
-	opts.WorkerMode = upgrader.WorkerMode(*workerMode)
-	opts.WorkersPIDFile = *workersPIDFile
-	opts.WorkerReadyDelay = readyDelay
 	if *metricsAddr != "" {
 		reg = prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

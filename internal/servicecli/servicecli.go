@@ -61,6 +61,9 @@ type Flags struct {
 	Listen         string
 	PIDFile        string
 	Workers        int
+	WorkerMode     string
+	WorkersPIDFile string
+	Ready          string
 	UpgradeTimeout time.Duration
 	DrainTimeout   time.Duration
 	LogFormat      string
@@ -68,7 +71,8 @@ type Flags struct {
 	ShowVersion    bool
 	Log            *slog.Logger
 
-	fs *flag.FlagSet
+	readyDelay time.Duration
+	fs         *flag.FlagSet
 }
 
 // Register defines the shared flags on fs, with the service's default
@@ -78,6 +82,9 @@ func Register(fs *flag.FlagSet, listen, pidfile string) *Flags {
 	fs.StringVar(&f.Listen, "listen", listen, "`address` to serve on; systemd:NAME takes the socket systemd passed with that FileDescriptorName=")
 	fs.StringVar(&f.PIDFile, "pidfile", pidfile, "PID file `path`; the control socket is next to it")
 	fs.IntVar(&f.Workers, "workers", runtime.GOMAXPROCS(0), "number of workers")
+	fs.StringVar(&f.WorkerMode, "worker-mode", string(upgrader.GoroutineWorkers), "`mode` of the workers: goroutine or process (--workers of them)")
+	fs.StringVar(&f.WorkersPIDFile, "workers-pidfile", "", "worker PID file `path` in process mode (default: the PID file's with .workers.pid)")
+	fs.StringVar(&f.Ready, "ready", "notify", "how a worker process tells it is ready: notify or delay:DUR")
 	fs.DurationVar(&f.UpgradeTimeout, "upgrade-timeout", upgrader.DefaultUpgradeTimeout, "how long a new generation may take to be ready")
 	fs.DurationVar(&f.DrainTimeout, "drain-timeout", upgrader.DefaultDrainTimeout, "how long the old generation may take to finish its work")
 	fs.StringVar(&f.LogFormat, "log-format", "text", "log `format`: text or json")
@@ -109,11 +116,18 @@ func (f *Flags) Parse(args []string) error {
 	switch {
 	case f.Workers < 1:
 		return Usage(fmt.Errorf("invalid value %d for flag -workers: must be at least 1", f.Workers))
+	case f.WorkerMode != string(upgrader.GoroutineWorkers) && f.WorkerMode != string(upgrader.ProcessWorkers):
+		return Usage(fmt.Errorf("invalid value %q for flag -worker-mode: want goroutine or process", f.WorkerMode))
 	case f.UpgradeTimeout <= 0:
 		return Usage(fmt.Errorf("invalid value %s for flag -upgrade-timeout: must be positive", f.UpgradeTimeout))
 	case f.DrainTimeout <= 0:
 		return Usage(fmt.Errorf("invalid value %s for flag -drain-timeout: must be positive", f.DrainTimeout))
 	}
+	d, err := upgrader.ParseReady(f.Ready)
+	if err != nil {
+		return Usage(fmt.Errorf("flag -ready: %w", err))
+	}
+	f.readyDelay = d
 	log, err := logging.New(os.Stderr, f.LogFormat, f.LogLevel)
 	if err != nil {
 		return Usage(fmt.Errorf("flag -log-format/-log-level: %w", err))
@@ -144,11 +158,14 @@ func CheckAddr(addr string) error {
 // Options returns the upgrader options the flags ask for.
 func (f *Flags) Options(version string) upgrader.Options {
 	return upgrader.Options{
-		PIDFile:        f.PIDFile,
-		Workers:        f.Workers,
-		UpgradeTimeout: f.UpgradeTimeout,
-		DrainTimeout:   f.DrainTimeout,
-		Version:        version,
-		Logger:         f.Log,
+		PIDFile:          f.PIDFile,
+		Workers:          f.Workers,
+		WorkerMode:       upgrader.WorkerMode(f.WorkerMode),
+		WorkersPIDFile:   f.WorkersPIDFile,
+		WorkerReadyDelay: f.readyDelay,
+		UpgradeTimeout:   f.UpgradeTimeout,
+		DrainTimeout:     f.DrainTimeout,
+		Version:          version,
+		Logger:           f.Log,
 	}
 }
