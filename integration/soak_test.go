@@ -56,16 +56,31 @@ func rssKB(t *testing.T, pid int) int {
 	return 0
 }
 
-// fdsAtRest waits until pid, with no load on it, has at most want open
-// descriptors (its last connections close as their clients go), bounded
-// by 10 seconds, and returns the count it saw last.
-func fdsAtRest(t *testing.T, pid, want int) int {
+// generation lists the processes of the generation whose master is pid:
+// the master and its worker processes, if any.
+func (s *service) generation(pid int) []int {
+	return append([]int{pid}, s.workersOf(pid)...)
+}
+
+// sumOf adds up f over pids.
+func sumOf(t *testing.T, pids []int, f func(*testing.T, int) int) int {
+	n := 0
+	for _, pid := range pids {
+		n += f(t, pid)
+	}
+	return n
+}
+
+// fdsAtRest waits until pids, with no load on them, have at most want
+// open descriptors in all (their last connections close as their clients
+// go), bounded by 10 seconds, and returns the count it saw last.
+func fdsAtRest(t *testing.T, pids []int, want int) int {
 	t.Helper()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	end := time.Now().Add(10 * time.Second)
 	for {
-		n := openFDs(t, pid)
+		n := sumOf(t, pids, openFDs)
 		if n <= want || time.Now().After(end) {
 			return n
 		}
@@ -80,16 +95,17 @@ func within10(first, last int) bool {
 // Row 13: consecutive upgrades under load, alternating handoff reload and
 // SIGHUP: no failed request, no leftover process, and the newest
 // generation's open descriptors and resident memory within 10% of the
-// first one's (descriptors at rest, memory after the same load).
+// first one's (descriptors at rest, memory after the same load), counted
+// over its master and its worker processes.
 func TestSoak(t *testing.T) {
 	n := soakUpgrades(t)
 	forEachMode(t, func(t *testing.T, m workerMode) {
 		s := startHello(t, helloV1, m.args...)
-		first := s.pid()
-		fdFirst := openFDs(t, first)
+		first := s.generation(s.pid())
+		fdFirst := sumOf(t, first, openFDs)
 		l := runLoad(t, s, false)
 		l.advance(2000)
-		rssFirst := rssKB(t, first)
+		rssFirst := sumOf(t, first, rssKB)
 		start := time.Now()
 		for i := range n {
 			gen := i + 2
@@ -110,20 +126,20 @@ func TestSoak(t *testing.T) {
 			l.advance(500)
 		}
 		upgrading := time.Since(start)
-		last := s.pid()
+		last := s.generation(s.pid())
 		l.advance(2000)
-		rssLast := rssKB(t, last)
+		rssLast := sumOf(t, last, rssKB)
 		res := l.finish()
 		s.log.waitFor(t, 0, "previous generation exited", fmt.Sprintf("generation=%d", n+1))
 		fdLast := fdsAtRest(t, last, fdFirst)
-		t.Logf("soak: upgrades=%d in %s, requests=%d ok=%d failed=%d, open fds first=%d last=%d, rss first=%d kB last=%d kB",
-			n, upgrading.Round(time.Millisecond), res.Requests, res.OK, res.Failed, fdFirst, fdLast, rssFirst, rssLast)
+		t.Logf("soak: upgrades=%d in %s, requests=%d ok=%d failed=%d, processes a generation=%d, open fds first=%d last=%d, rss first=%d kB last=%d kB",
+			n, upgrading.Round(time.Millisecond), res.Requests, res.OK, res.Failed, len(last), fdFirst, fdLast, rssFirst, rssLast)
 		if !within10(fdFirst, fdLast) {
 			t.Errorf("open fds: first generation %d, generation %d %d: not within 10%%", fdFirst, n+1, fdLast)
 		}
 		if !within10(rssFirst, rssLast) {
 			t.Errorf("rss: first generation %d kB, generation %d %d kB: not within 10%%", rssFirst, n+1, rssLast)
 		}
-		s.onlyProcess(last)
+		s.onlyProcess(last[0])
 	})
 }
