@@ -568,3 +568,55 @@ func TestProcessModeRespawnRunsServingCode(t *testing.T) {
 		})
 	}
 }
+
+// TestHandoffRunNodeFailedUpgrade: handoff run's new generation of Node
+// workers in which one worker never reports ready is killed at the upgrade
+// timeout. Its other worker was ready, but accepts only once handoff opens
+// the gate on its stdin, which a generation that is not ready never does:
+// the keep-alive load on the serving generation loses nothing.
+func TestHandoffRunNodeFailedUpgrade(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("node is not installed: skipping handoff run with examples/node (apt-get install nodejs)")
+	}
+	if _, err := exec.LookPath("systemd-notify"); err != nil {
+		t.Skip("systemd-notify is not installed: a Node worker cannot report ready (apt-get install systemd)")
+	}
+	src, err := os.ReadFile("../examples/node/server.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newService(t, handoffBin, "handoff")
+	app, real := filepath.Join(s.dir, "app.js"), filepath.Join(s.dir, "server.js")
+	installBytes(t, src, app)
+	installBytes(t, src, real)
+	s.startArgs("run", "--listen", "tcp://"+s.addr, "--workers", "2", "--pidfile", s.pidfile,
+		"--upgrade-timeout", "3s", "--", node, app)
+	s.waitReady()
+	pid, pidFile := s.pid(), s.pidFileBytes()
+	l := runLoad(t, s, true)
+
+	// The first worker to start never reports ready; the other serves.
+	flag := filepath.Join(s.dir, "hang-taken")
+	hang := fmt.Sprintf(`const fs = require('node:fs');
+try {
+  fs.closeSync(fs.openSync(%q, 'wx'));
+  process.stderr.write('app=node msg="this worker never reports ready"\n');
+  delete process.env.NOTIFY_SOCKET;
+} catch (e) {}
+require(%q);
+`, flag, real)
+	installBytes(t, []byte(hang), app)
+	line, errOut := s.reloadFails()
+	wantContains(t, "reason", line, "timed out: not ready within the upgrade timeout of 3s")
+	wantContains(t, "handoff reload's stderr", errOut, `waiting_for="worker `)
+	l.advance(1000)
+	l.finish()
+	s.wantUnchanged(pid, pidFile)
+
+	installBytes(t, bytes.ReplaceAll(src, []byte("'node-dev'"), []byte("'node-v2'")), app)
+	s.reload()
+	if code, body, err := s.get("/version"); err != nil || code != 200 || body != "node-v2" {
+		t.Errorf("GET /version = %d %q %v, want 200 node-v2", code, body, err)
+	}
+}

@@ -6,7 +6,9 @@
 // It serves on the socket handoff passes as fd 3 (LISTEN_FDS), says it is
 // ready with READY=1 on $NOTIFY_SOCKET (through systemd-notify, as Node has
 // no unix datagram client; without it run handoff with --ready delay:1s),
-// and on SIGTERM drains without dropping a request: it stops accepting,
+// and accepts only once handoff writes "G" on its stdin: its generation is
+// ready, so a new generation that fails takes no connection with it. On
+// SIGTERM it drains without dropping a request: it stops accepting,
 // answers what comes with "Connection: close", gives idle keep-alive
 // connections a grace to send one more request, then exits.
 'use strict';
@@ -63,10 +65,16 @@ server.on('request', (req, res) => {
   });
 });
 
-server.listen({ fd: 3 }, () => {
-  log('listening', { fd: 3, names: process.env.LISTEN_FDNAMES || '' });
-  notifyReady();
-});
+// Ready to serve: say so. Accept once the master opens the gate.
+notifyReady();
+let listening = false;
+function openGate() {
+  if (listening || draining) return;
+  listening = true;
+  server.listen({ fd: 3 }, () => {
+    log('listening', { fd: 3, names: process.env.LISTEN_FDNAMES || '' });
+  });
+}
 
 // notifyReady sends READY=1 to the master, if it asked for it.
 function notifyReady() {
@@ -79,6 +87,10 @@ function notifyReady() {
 function drain(signal) {
   if (draining) return;
   draining = true;
+  if (!listening) {
+    log('stopped before accepting', { signal });
+    process.exit(0);
+  }
   const start = Date.now();
   log('draining', { signal });
   // Stop accepting, leaving the open connections alone: http.Server.close
@@ -104,7 +116,11 @@ function drain(signal) {
 process.on('SIGTERM', () => drain('SIGTERM'));
 process.on('SIGINT', () => drain('SIGINT'));
 
-// stdin is the lifeline from handoff: EOF means the master is gone.
+// stdin is the lifeline from handoff: "G" opens the accept gate, EOF means
+// the master is gone.
+process.stdin.on('data', (chunk) => {
+  if (chunk.includes(0x47)) openGate(); // 'G'
+});
 process.stdin.on('end', () => {
   log('master gone, exiting');
   process.exit(1);
