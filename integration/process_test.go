@@ -620,3 +620,53 @@ require(%q);
 		t.Errorf("GET /version = %d %q %v, want 200 node-v2", code, body, err)
 	}
 }
+
+// TestProcessModeRollbackAfterCrashLoop: an upgrade to a build whose
+// worker processes report ready, then crash under traffic, succeeds; once
+// a worker falls into a crash loop, the master rolls every worker back to
+// the previous build, and the service serves again without a failure.
+// The requests the crashing workers had in flight are lost and reported.
+// A later upgrade to a good build works as usual.
+func TestProcessModeRollbackAfterCrashLoop(t *testing.T) {
+	v1 := buildBin(t, "integration/testdata/testsvc", "v1")
+	crashy := buildBin(t, "integration/testdata/testsvc", "crash-after-ready")
+	v2 := buildBin(t, "integration/testdata/testsvc", "v2")
+	s := newService(t, v1, "svc")
+	s.start("--workers", "2", "--worker-mode", "process")
+	s.waitReady()
+	l := runLoad(t, s, false)
+
+	install(t, crashy, s.exe)
+	s.reload()
+	s.log.waitFor(t, 0, "WORKERS ROLLED BACK to the previous build", "generation=2")
+	s.log.waitFor(t, 0, "rolling restart done", "generation=2")
+	res := l.stop()
+	t.Logf("load through the crash loop and the rollback: %s", res)
+	for _, pid := range s.workerPIDs()[:2] {
+		if body := s.servedBy(pid); !strings.Contains(body, "generation=2 version=v1") {
+			t.Errorf("worker %d after the rollback: %q, want generation 2 running v1", pid, body)
+		}
+	}
+	st := s.statusJSON()
+	if !strings.Contains(st.Rollback, "crash loop") {
+		t.Errorf("handoff status: rollback %q, want the crash loop named", st.Rollback)
+	}
+	if code, out, _ := s.handoff("status"); code != 0 || !strings.Contains(out, "ROLLED BACK") {
+		t.Errorf("handoff status: exit %d, want the rollback shown:\n%s", code, out)
+	}
+	after := runLoad(t, s, false)
+	after.advance(2000)
+	after.finish()
+
+	install(t, v2, s.exe)
+	s.reload()
+	s.log.waitFor(t, 0, "previous generation exited", "generation=3")
+	for _, pid := range s.checkWorkers(2) {
+		if body := s.servedBy(pid); !strings.Contains(body, "generation=3 version=v2") {
+			t.Errorf("worker %d after the next upgrade: %q, want generation 3 running v2", pid, body)
+		}
+	}
+	if st := s.statusJSON(); st.Rollback != "" {
+		t.Errorf("generation 3 reports a rollback: %q", st.Rollback)
+	}
+}

@@ -45,6 +45,8 @@ var (
 		"Workers of the serving generation's pool, by state.", []string{"state"}, nil)
 	descRestarts = prometheus.NewDesc("handoff_worker_restarts_total",
 		"Restarts of failed workers since the service first started.", nil, nil)
+	descRolledBack = prometheus.NewDesc("handoff_workers_rolled_back",
+		"1 if the serving generation's worker processes crash-looped after its upgrade and now run the previous build, else 0.", nil, nil)
 )
 
 // stats are the service's counters since its first start. Counters that
@@ -123,7 +125,7 @@ type collector struct{ u *Upgrader }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descGeneration, descInfo, descUpgrades, descUpgradeDuration,
-		descDrainDuration, descConnsCut, descWorkers, descRestarts} {
+		descDrainDuration, descConnsCut, descWorkers, descRestarts, descRolledBack} {
 		ch <- d
 	}
 }
@@ -157,6 +159,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descWorkers, prometheus.GaugeValue, float64(byState[s]), s)
 	}
 	ch <- prometheus.MustNewConstMetric(descRestarts, prometheus.CounterValue, float64(restarts))
+	rolledBack := 0.0
+	if rollbackOf(p) != "" {
+		rolledBack = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descRolledBack, prometheus.GaugeValue, rolledBack)
 }
 
 // statsToPassLocked returns the stats the next generation inherits: this one's,

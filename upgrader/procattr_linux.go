@@ -1,6 +1,8 @@
 package upgrader
 
 import (
+	"fmt"
+	"os"
 	"os/exec"
 	"runtime"
 	"sync"
@@ -47,3 +49,15 @@ func startCmd(cmd *exec.Cmd) error {
 // child execs as /proc/self/exe: the file that was started, even if the
 // path now holds another binary or nothing.
 func ownImage(string) string { return "/proc/self/exe" }
+
+// openImage opens the executable image of process pid.
+func openImage(pid int) (*os.File, error) {
+	return os.Open(fmt.Sprintf("/proc/%d/exe", pid))
+}
+
+// imagePath names the open image f for a process this one forks: through
+// this process's fd table, which the child's own descriptor shuffling
+// before exec cannot disturb.
+func imagePath(f *os.File) string {
+	return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), f.Fd())
+}

@@ -114,6 +114,12 @@ type procPool struct {
 	spec *procSpec
 	// closeSockets closes the master's own sockets when the drain starts.
 	closeSockets func()
+	// readyAt is when the whole pool was first ready; rollback says why
+	// its workers were rolled back to the previous build, if they were,
+	// and onRollback replaces those still running this build.
+	readyAt      time.Time
+	rollback     string
+	onRollback   func()
 	log          *slog.Logger
 	drainTimeout time.Duration
 	readyTimeout time.Duration
@@ -155,6 +161,7 @@ func newProcPool(u *Upgrader, spec *procSpec) *procPool {
 		draining:     make(chan struct{}),
 		slots:        make([]procSlot, u.opts.Workers),
 		procs:        make(map[*workerProc]struct{}),
+		onRollback:   u.rollBackWorkers,
 		closeSockets: func() {
 			for _, ln := range u.lns {
 				ln.Close()
@@ -291,6 +298,7 @@ func (pp *procPool) setReady(p *workerProc) {
 		s.wasReady = true
 		pp.nready++
 		if pp.nready == pp.n {
+			pp.readyAt = time.Now()
 			close(pp.readyC)
 		}
 	}
@@ -343,12 +351,15 @@ func (pp *procPool) diedLocked(id int, started time.Time, err error) {
 	s.deaths = slices.DeleteFunc(append(s.deaths, now), func(t time.Time) bool { return now.Sub(t) > CrashLoopWindow })
 	s.lastErr = errString(err)
 	if len(s.deaths) >= CrashLoopDeaths {
-		if !s.looping {
+		switch {
+		case pp.rollbackLocked(id):
+			delay = 0
+		case !s.looping:
+			s.looping = true
 			pp.log.Error("WORKER CRASH LOOP: backing off", "worker", id, "deaths", len(s.deaths), "window", CrashLoopWindow, "err", err, "backoff", delay)
-		} else {
+		default:
 			pp.log.Error("worker in crash loop died again", "worker", id, "err", err, "backoff", delay)
 		}
-		s.looping = true
 		if pp.failFast && pp.nready < pp.n {
 			pp.failOnce.Do(func() {
 				pp.failErr = fmt.Errorf("upgrader: worker %d in a crash loop before this generation was ready: %s", id, s.lastErr)

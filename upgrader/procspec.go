@@ -54,9 +54,14 @@ type procSpec struct {
 	// (/proc/self/exe), so that a worker runs the serving generation's
 	// code even after a deploy replaced or removed the file on disk.
 	image string
-	gen   int
-	files []*os.File // the sockets, passed as fds 3, 4, ...
-	names []string
+	// prev is the previous generation's executable image, kept open
+	// while this generation may roll its workers back to it; rolled,
+	// once set, names it in place of image (see rollback.go).
+	prev   *os.File
+	rolled atomic.Pointer[string]
+	gen    int
+	files  []*os.File // the sockets, passed as fds 3, 4, ...
+	names  []string
 	// stderr is the service's real stderr: never the relay pipe of an
 	// upgrade, which breaks once the previous generation exits.
 	stderr *os.File
@@ -73,6 +78,13 @@ func newProcSpecLocked(u *Upgrader) (*procSpec, error) {
 			return nil, err
 		}
 		spec.argv, spec.self, spec.image = append([]string{exe}, os.Args[1:]...), true, ownImage(exe)
+		if u.ppid != 0 {
+			prev, err := previousImage(u.ppid)
+			if err != nil {
+				u.log.Warn("cannot keep the previous build: this generation's workers cannot be rolled back", "parent_pid", u.ppid, "err", err)
+			}
+			spec.prev = prev
+		}
 	}
 	socks := u.socks
 	seen := make(map[string]bool)
@@ -135,7 +147,11 @@ func selfExecutable() (string, error) {
 func (s *procSpec) command(id int, notifyPath string, stdin *os.File) *exec.Cmd {
 	cmd := exec.Command("/bin/sh", append([]string{"-c", listenPIDWrapper}, s.argv...)...)
 	if s.self {
-		cmd = &exec.Cmd{Path: s.image, Args: s.argv}
+		image := s.image
+		if p := s.rolled.Load(); p != nil {
+			image = *p
+		}
+		cmd = &exec.Cmd{Path: image, Args: s.argv}
 	}
 	env := make([]string, 0, len(os.Environ())+4)
 	for _, kv := range os.Environ() {
@@ -181,9 +197,15 @@ func (s *procSpec) newNotifySocket(id int) (*notifySocket, error) {
 	return &notifySocket{conn: conn, p: path}, nil
 }
 
+// rolledBack reports whether the workers run the previous build.
+func (s *procSpec) rolledBack() bool { return s.rolled.Load() != nil }
+
 func (s *procSpec) cleanup() {
 	for _, f := range s.files {
 		f.Close()
+	}
+	if s.prev != nil {
+		s.prev.Close()
 	}
 	if s.dir != "" {
 		os.RemoveAll(s.dir)

@@ -771,6 +771,7 @@ func (u *Upgrader) status() *control.Status {
 	}
 	if u.pool != nil {
 		st.Workers = u.pool.status()
+		st.Rollback = rollbackOf(u.pool)
 	}
 	return st
 }

@@ -249,6 +249,9 @@ func status(c *cli.Context) error {
 	if st.LastError != "" {
 		fmt.Fprintf(tw, "last upgrade error\t%s\n", st.LastError)
 	}
+	if st.Rollback != "" {
+		fmt.Fprintf(tw, "ROLLED BACK\t%s\n", st.Rollback)
+	}
 	fmt.Fprintf(tw, "workers\t%d\n", len(st.Workers))
 	tw.Flush()
 	if len(st.Workers) > 0 {

@@ -90,6 +90,9 @@ type Status struct {
 	Workers    []WorkerStatus `json:"workers"`
 	ParentPID  int            `json:"parent_pid,omitempty"`
 	LastError  string         `json:"last_upgrade_error,omitempty"`
+	// Rollback says why the worker processes run the previous build, if
+	// they do: they crash-looped right after this generation's upgrade.
+	Rollback string `json:"rollback,omitempty"`
 }
 
 // WorkerStatus describes one worker of the pool.

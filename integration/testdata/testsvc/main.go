@@ -3,7 +3,9 @@
 // with what that process inherited: its open descriptors and its
 // environment.
 // With --hang-worker, one worker never reports ready while the others
-// serve: a new generation that hangs before ready.
+// serve: a new generation that hangs before ready. Built with
+// -X main.version=crash-after-ready, every worker exits 300ms after it
+// starts: a build that reports ready, then crashes under traffic.
 package main
 
 import (
@@ -20,9 +22,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gohandoff/handoff/upgrader"
 )
+
+// version is stamped at build time with -ldflags "-X main.version=...".
+var version = ""
 
 // Inherited is what a spawned process found.
 type Inherited struct {
@@ -108,7 +114,7 @@ func run() error {
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "ok pid=%d generation=%d\n", os.Getpid(), upg.Generation())
+		fmt.Fprintf(w, "ok pid=%d generation=%d version=%s\n", os.Getpid(), upg.Generation(), version)
 	})
 	mux.HandleFunc("GET /spawn", func(w http.ResponseWriter, r *http.Request) {
 		in := Inherited{PID: os.Getpid(), Gen: upg.Generation()}
@@ -128,6 +134,16 @@ func run() error {
 				return nil
 			}
 			return srv.Worker(ctx, w)
+		}
+	}
+	if version == "crash-after-ready" {
+		serve := worker
+		worker = func(ctx context.Context, w *upgrader.Worker) error {
+			time.AfterFunc(300*time.Millisecond, func() {
+				w.Logger.Error("crashing after ready")
+				os.Exit(3)
+			})
+			return serve(ctx, w)
 		}
 	}
 	return upg.Serve(context.Background(), worker)
