@@ -613,9 +613,18 @@ require(%q);
 	l.advance(1000)
 	l.finish()
 	s.wantUnchanged(pid, pidFile)
+	// The failed generation's master started its workers with the shared
+	// socket: that must not have made it blocking, or the serving Node
+	// workers would block in accept and stall their connections.
+	for _, w := range s.workerPIDs() {
+		if !nonblocking(t, w, 3) {
+			t.Errorf("worker %d: its listening socket (fd 3) is blocking", w)
+		}
+	}
 
 	installBytes(t, bytes.ReplaceAll(src, []byte("'node-dev'"), []byte("'node-v2'")), app)
 	s.reload()
+	s.log.waitFor(t, 0, "previous generation exited", "generation=2")
 	if code, body, err := s.get("/version"); err != nil || code != 200 || body != "node-v2" {
 		t.Errorf("GET /version = %d %q %v, want 200 node-v2", code, body, err)
 	}
@@ -669,4 +678,25 @@ func TestProcessModeRollbackAfterCrashLoop(t *testing.T) {
 	if st := s.statusJSON(); st.Rollback != "" {
 		t.Errorf("generation 3 reports a rollback: %q", st.Rollback)
 	}
+}
+
+// nonblocking reports whether descriptor fd of process pid has O_NONBLOCK,
+// a flag of the open file description that every process sharing it sees.
+func nonblocking(t *testing.T, pid, fd int) bool {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "flags:"); ok {
+			flags, err := strconv.ParseInt(strings.TrimSpace(v), 8, 64)
+			if err != nil {
+				t.Fatalf("fdinfo of %d/%d: %q", pid, fd, line)
+			}
+			return flags&syscall.O_NONBLOCK != 0
+		}
+	}
+	t.Fatalf("fdinfo of %d/%d has no flags", pid, fd)
+	return false
 }

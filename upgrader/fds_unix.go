@@ -3,7 +3,9 @@
 package upgrader
 
 import (
+	"fmt"
 	"os"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -25,3 +27,29 @@ func dupOnto(f *os.File, fd int) error {
 
 // closeOnExec marks fd close-on-exec.
 func closeOnExec(fd int) { unix.CloseOnExec(fd) }
+
+// socketFile returns a copy of the socket c to pass to a worker process.
+// It is not the File method's copy: os/exec takes the descriptor of each
+// file it passes with Fd, which for a File method's copy clears O_NONBLOCK
+// on the socket, and that flag belongs to the socket's one open file
+// description, shared by every process and generation that holds the
+// socket. An event loop that accepts until EAGAIN (Node.js, nginx) then
+// blocks in accept, and stops serving its open connections until the next
+// connection arrives. The copy made here keeps the socket as it is.
+func socketFile(c syscall.Conn, name string) (*os.File, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var fd int
+	var dupErr error
+	if err := raw.Control(func(s uintptr) {
+		fd, dupErr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return nil, err
+	}
+	if dupErr != nil {
+		return nil, fmt.Errorf("dup: %w", dupErr)
+	}
+	return os.NewFile(uintptr(fd), name), nil
+}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -36,7 +37,7 @@ var masterOnlyEnv = []string{
 // ListenPacket were called, with the name it is passed to workers under.
 type sockRef struct {
 	name string
-	conn interface{ File() (*os.File, error) }
+	conn syscall.Conn
 }
 
 // fdName is the LISTEN_FDNAMES name of a socket: network and the address
@@ -94,7 +95,7 @@ func newProcSpecLocked(u *Upgrader) (*procSpec, error) {
 			return nil, fmt.Errorf("upgrader: two sockets pass to workers under the name %q", s.name)
 		}
 		seen[s.name] = true
-		f, err := s.conn.File()
+		f, err := socketFile(s.conn, s.name)
 		if err != nil {
 			spec.cleanup()
 			return nil, fmt.Errorf("upgrader: socket %s for workers: %w", s.name, err)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cloudflare/tableflip"
@@ -377,8 +378,8 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.lns = append(u.lns, ln)
-	if f, ok := ln.(interface{ File() (*os.File, error) }); ok {
-		u.socks = append(u.socks, sockRef{fdName(network, addr), f})
+	if c, ok := ln.(syscall.Conn); ok {
+		u.socks = append(u.socks, sockRef{fdName(network, addr), c})
 	}
 	u.addrs = append(u.addrs, network+"://"+ln.Addr().String())
 	return ln, nil
@@ -402,8 +403,8 @@ func (u *Upgrader) ListenPacket(network, addr string) (net.PacketConn, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.pcs = append(u.pcs, pc)
-	if f, ok := pc.(interface{ File() (*os.File, error) }); ok {
-		u.socks = append(u.socks, sockRef{fdName(network, addr), f})
+	if c, ok := pc.(syscall.Conn); ok {
+		u.socks = append(u.socks, sockRef{fdName(network, addr), c})
 	}
 	u.addrs = append(u.addrs, network+"://"+pc.LocalAddr().String())
 	return pc, nil
