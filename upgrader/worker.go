@@ -217,15 +217,19 @@ func (u *Upgrader) onWorkerSignal(sig os.Signal) {
 
 // workerReady tells the master this worker serves, with READY=1 on the
 // NOTIFY_SOCKET it passed; the variable is set only for that call.
+//
+// The worker is ready in its own eyes (Ready, the phase) before it tells
+// the master, so that once the master counts it ready, nothing the worker
+// answers says it is still starting.
 func (u *Upgrader) workerReady() error {
+	u.phase.Store("ready")
+	close(u.ready)
 	if ns := u.worker.notify; ns != "" {
 		os.Setenv("NOTIFY_SOCKET", ns)
 		if _, err := daemon.SdNotify(true, daemon.SdNotifyReady); err != nil {
 			return fmt.Errorf("upgrader: report ready to the master on %s: %w", ns, err)
 		}
 	}
-	u.phase.Store("ready")
-	close(u.ready)
 	u.log.Info("worker ready", "startup", time.Since(u.started).Round(time.Millisecond))
 	return nil
 }
