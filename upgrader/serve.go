@@ -118,6 +118,10 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 		return
 	}
 	n := u.stopSignals.Add(1)
+	if u.standing.Load() {
+		u.standbyOnce.Do(func() { close(u.standbyEnd) })
+		return
+	}
 	select {
 	case <-u.exit:
 		if n == 1 && u.phase.Load() == "draining" {
@@ -142,6 +146,13 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 		u.phase.Store("stopping")
 	}
 	u.phaseMu.Unlock()
+	if final {
+		u.markStopping()
+	}
+	var kept *keptSockets
+	if !final && u.opts.Probation > 0 && u.worker == nil {
+		kept = u.keepSockets()
+	}
 	start := time.Now()
 	ds := u.drainSt
 	ds.mu.Lock()
@@ -186,6 +197,13 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 	close(ds.done)
 	if final && u.opts.PIDFile != "" {
 		u.removePIDFile()
+	}
+	if kept != nil {
+		u.mu.Lock()
+		succ, at := u.successor, u.successorAt
+		u.mu.Unlock()
+		u.standing.Store(true)
+		u.standBy(kept, succ, at)
 	}
 	if err != nil {
 		return fmt.Errorf("drain: %w", err)

@@ -26,6 +26,9 @@ type genState struct {
 	Stats        *stats    `json:"stats,omitempty"`
 	// Drain is left by an old generation after its drain.
 	Drain *drainRecord `json:"drain,omitempty"`
+	// Stopping is set by a generation that stops as asked, for a previous
+	// generation standing by (probation.go).
+	Stopping bool `json:"stopping,omitempty"`
 }
 
 // stateFile is shared by every generation of a service. Only one of them

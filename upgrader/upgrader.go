@@ -113,6 +113,12 @@ type Options struct {
 	// Watch lists files and folders whose change upgrades the service,
 	// one upgrade per burst of changes (see WatchDebounce).
 	Watch []string
+	// Probation, if positive, is how long after an upgrade the previous
+	// generation, once drained, stands by: if the new generation dies
+	// meanwhile without having been asked to stop, the previous one
+	// starts its own build again on the sockets (probation.go). An
+	// upgrade asked during the probation waits for its end.
+	Probation time.Duration
 }
 
 // Upgrader runs one generation of a service: it owns the listeners, which
@@ -147,6 +153,13 @@ type Upgrader struct {
 	gate      chan struct{} // closed once ready; see gatedListener
 	force     chan struct{}
 	forceOnce sync.Once
+	// After an upgrade with a probation: the successor and when it was
+	// ready; standbyEnd is closed by a stop signal while standing by.
+	successor   int
+	successorAt time.Time
+	standing    atomic.Bool
+	standbyEnd  chan struct{}
+	standbyOnce sync.Once
 
 	worker  *workerSide // set in a worker process
 	rolling atomic.Bool
@@ -202,6 +215,10 @@ func New(opts Options) (*Upgrader, error) {
 		}
 		return newWorker(opts, w, gen), nil
 	}
+	restoredGen, restored, err := takeRestoreRole()
+	if err != nil {
+		return nil, err
+	}
 	hasParent := os.Getenv(tableflipParentEnv) != ""
 	if !hasParent && opts.PIDFile != "" {
 		if err := checkPIDDir(opts.PIDFile); err != nil {
@@ -239,6 +256,8 @@ func New(opts Options) (*Upgrader, error) {
 		gate:    make(chan struct{}),
 		force:   make(chan struct{}),
 		drainSt: newDrainState(),
+
+		standbyEnd: make(chan struct{}),
 	}
 	go func() {
 		defer close(u.exit)
@@ -252,7 +271,13 @@ func New(opts Options) (*Upgrader, error) {
 		u.Stop()
 		return nil, err
 	}
+	if restored {
+		u.gen = restoredGen
+	}
 	u.log = opts.Logger.With("pid", os.Getpid(), "generation", u.gen)
+	if restored {
+		u.log.Warn("restored: the previous generation started this build again after the new one died on probation")
+	}
 	if u.sd, err = newSystemd(tf, hasParent); err != nil {
 		tf.Stop()
 		return nil, err
@@ -622,6 +647,9 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 		u.log.Warn("new generation ready but its state is unreadable", "err", serr)
 	}
 	res.NewPID, res.Generation, res.Version, res.Duration = st.PID, st.Generation, st.Version, took
+	u.mu.Lock()
+	u.successor, u.successorAt = st.PID, time.Now()
+	u.mu.Unlock()
 	u.sdUpgraded(st.PID)
 	u.log.Info("upgrade done, draining", "new_pid", st.PID, "new_generation", st.Generation, "duration", took.Round(time.Millisecond))
 	progress("ready", fmt.Sprintf("new generation pid %d ready in %d ms", st.PID, took.Milliseconds()))

@@ -41,6 +41,7 @@ func runCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "watch", Usage: "upgrade when this file or folder changes (repeatable; for development)", EnvVars: []string{"HANDOFF_WATCH"}},
 			&cli.DurationFlag{Name: "upgrade-timeout", Usage: "how long a new master and its workers may take to be ready", Value: upgrader.DefaultUpgradeTimeout, EnvVars: []string{"HANDOFF_UPGRADE_TIMEOUT"}},
 			&cli.DurationFlag{Name: "drain-timeout", Usage: "how long a worker may take to finish its requests after SIGTERM", Value: upgrader.DefaultDrainTimeout, EnvVars: []string{"HANDOFF_DRAIN_TIMEOUT"}},
+			&cli.DurationFlag{Name: "probation", Usage: "after an upgrade, how long the old master stands by to restore itself if the new one dies (0: off)", EnvVars: []string{"HANDOFF_PROBATION"}},
 			&cli.StringFlag{Name: "log-format", Usage: "log `format`: text or json", Value: "text", EnvVars: []string{"HANDOFF_LOG_FORMAT"}},
 			&cli.StringFlag{Name: "log-level", Usage: "log `level`: debug, info, warn or error", Value: "info", EnvVars: []string{"HANDOFF_LOG_LEVEL"}},
 		},
@@ -105,6 +106,9 @@ func runMaster(c *cli.Context) error {
 			return usageError{fmt.Errorf("invalid value %s for flag --%s: must be positive", c.Duration(name), name)}
 		}
 	}
+	if c.Duration("probation") < 0 {
+		return usageError{fmt.Errorf("invalid value %s for flag --probation: must not be negative", c.Duration("probation"))}
+	}
 	for _, p := range c.StringSlice("watch") {
 		if _, err := os.Stat(p); err != nil {
 			return usageError{fmt.Errorf("flag --watch: %w", err)}
@@ -125,6 +129,7 @@ func runMaster(c *cli.Context) error {
 		Watch:            c.StringSlice("watch"),
 		UpgradeTimeout:   c.Duration("upgrade-timeout"),
 		DrainTimeout:     c.Duration("drain-timeout"),
+		Probation:        c.Duration("probation"),
 		Version:          buildVersion(),
 		Logger:           log,
 	})

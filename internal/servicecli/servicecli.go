@@ -66,6 +66,7 @@ type Flags struct {
 	Ready          string
 	UpgradeTimeout time.Duration
 	DrainTimeout   time.Duration
+	Probation      time.Duration
 	LogFormat      string
 	LogLevel       string
 	ShowVersion    bool
@@ -87,6 +88,7 @@ func Register(fs *flag.FlagSet, listen, pidfile string) *Flags {
 	fs.StringVar(&f.Ready, "ready", "notify", "how a worker process tells it is ready: notify or delay:DUR")
 	fs.DurationVar(&f.UpgradeTimeout, "upgrade-timeout", upgrader.DefaultUpgradeTimeout, "how long a new generation may take to be ready")
 	fs.DurationVar(&f.DrainTimeout, "drain-timeout", upgrader.DefaultDrainTimeout, "how long the old generation may take to finish its work")
+	fs.DurationVar(&f.Probation, "probation", 0, "after an upgrade, how long the old generation stands by to restore its build if the new one dies (0: off)")
 	fs.StringVar(&f.LogFormat, "log-format", "text", "log `format`: text or json")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.BoolVar(&f.ShowVersion, "version", false, "print the version and exit")
@@ -122,6 +124,8 @@ func (f *Flags) Parse(args []string) error {
 		return Usage(fmt.Errorf("invalid value %s for flag -upgrade-timeout: must be positive", f.UpgradeTimeout))
 	case f.DrainTimeout <= 0:
 		return Usage(fmt.Errorf("invalid value %s for flag -drain-timeout: must be positive", f.DrainTimeout))
+	case f.Probation < 0:
+		return Usage(fmt.Errorf("invalid value %s for flag -probation: must not be negative", f.Probation))
 	}
 	d, err := upgrader.ParseReady(f.Ready)
 	if err != nil {
@@ -164,6 +168,7 @@ func (f *Flags) Options(version string) upgrader.Options {
 		WorkersPIDFile:   f.WorkersPIDFile,
 		WorkerReadyDelay: f.readyDelay,
 		UpgradeTimeout:   f.UpgradeTimeout,
+		Probation:        f.Probation,
 		DrainTimeout:     f.DrainTimeout,
 		Version:          version,
 		Logger:           f.Log,

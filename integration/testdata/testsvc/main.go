@@ -97,10 +97,11 @@ func run() error {
 	workers := flag.Int("workers", 2, "workers")
 	upgradeTimeout := flag.Duration("upgrade-timeout", 0, "upgrade timeout")
 	mode := flag.String("worker-mode", "goroutine", "goroutine or process")
+	probation := flag.Duration("probation", 0, "probation after an upgrade")
 	hang := flag.Bool("hang-worker", false, "one worker never reports ready")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	upg, err := upgrader.New(upgrader.Options{PIDFile: *pidfile, Workers: *workers, WorkerMode: upgrader.WorkerMode(*mode), UpgradeTimeout: *upgradeTimeout, Logger: log})
+	upg, err := upgrader.New(upgrader.Options{PIDFile: *pidfile, Workers: *workers, WorkerMode: upgrader.WorkerMode(*mode), Probation: *probation, UpgradeTimeout: *upgradeTimeout, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,196 @@
+package upgrader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gohandoff/handoff/internal/proc"
+)
+
+// Probation: after an upgrade, the previous generation, once drained,
+// stands by for Options.Probation, holding copies of the sockets and
+// accepting nothing. If the new generation dies meanwhile without having
+// been asked to stop (a build that reports ready, then crashes), the
+// previous generation starts a fresh process of its own build on the
+// sockets, passed by the socket-activation convention, and exits once that
+// process is ready: the service is back on the build that served before.
+// Connections that arrived meanwhile wait in the kernel's accept queue.
+
+// restoreEnv marks a process started by a previous generation standing by,
+// whose successor died; its value is the generation number to take.
+const restoreEnv = "HANDOFF_RESTORE_R4Y8"
+
+// keptSockets are the copies of the sockets a generation keeps while it
+// stands by.
+type keptSockets struct {
+	files []*os.File
+	names []string
+}
+
+func (k *keptSockets) close() {
+	if k == nil {
+		return
+	}
+	for _, f := range k.files {
+		f.Close()
+	}
+}
+
+// keepSockets copies the service's sockets for a restore, before the
+// drain closes them.
+func (u *Upgrader) keepSockets() *keptSockets {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	k := &keptSockets{}
+	for _, s := range u.socks {
+		f, err := socketFile(s.conn, s.name)
+		if err != nil {
+			u.log.Warn("cannot keep the sockets for probation: no restore if the new generation dies", "socket", s.name, "err", err)
+			k.close()
+			return nil
+		}
+		k.files, k.names = append(k.files, f), append(k.names, s.name)
+	}
+	return k
+}
+
+// standBy waits, after this generation's drain, until the probation of
+// its successor, pid succ, ready at readyAt, is over. It restores this
+// build if the successor dies before without having been asked to stop.
+func (u *Upgrader) standBy(k *keptSockets, succ int, readyAt time.Time) {
+	defer k.close()
+	left := u.opts.Probation - time.Since(readyAt)
+	if k == nil || succ <= 0 || left <= 0 {
+		return
+	}
+	u.log.Info("standing by while the new generation is on probation", "new_pid", succ, "left", left.Round(time.Millisecond))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	gone := make(chan struct{})
+	go func() {
+		if proc.WaitGone(ctx, succ) == nil {
+			close(gone)
+		}
+	}()
+	timer := time.NewTimer(left)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		u.log.Info("probation over: the new generation stays", "new_pid", succ)
+		return
+	case <-u.standbyEnd:
+		u.log.Info("stop signal while standing by: exiting, the new generation stays", "new_pid", succ)
+		return
+	case <-gone:
+	}
+	if st, err := u.state.read(); err == nil && st.PID == succ && st.Stopping {
+		u.log.Info("the new generation stopped as asked: not restoring", "new_pid", succ)
+		return
+	}
+	u.restore(k, succ, time.Since(readyAt))
+}
+
+// restore starts a fresh process of this build on the kept sockets and
+// waits until it has written the PID file, or exited.
+func (u *Upgrader) restore(k *keptSockets, succ int, after time.Duration) {
+	u.log.Error("NEW GENERATION DIED ON PROBATION: restoring this build", "new_pid", succ, "after_ready", after.Round(time.Millisecond))
+	cmd := &exec.Cmd{
+		Path:       ownImage(os.Args[0]),
+		Args:       os.Args,
+		Env:        restoredEnv(k.names, u.gen+2),
+		ExtraFiles: k.files,
+		Stdout:     os.Stdout,
+		Stderr:     u.serviceStderr(),
+	}
+	if err := cmd.Start(); err != nil {
+		u.log.Error("cannot restore this build: the service is down", "err", err)
+		return
+	}
+	pid := cmd.Process.Pid
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	u.sdNotify("MAINPID="+strconv.Itoa(pid), "STATUS=restoring the previous build after the new generation died")
+	if u.opts.PIDFile == "" {
+		u.log.Info("restored build started", "restored_pid", pid)
+		return
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(u.opts.UpgradeTimeout)
+	for {
+		if pids, err := ReadPIDFile(u.opts.PIDFile); err == nil && len(pids) == 1 && pids[0] == pid {
+			u.log.Info("restored: this build serves again", "restored_pid", pid)
+			return
+		}
+		select {
+		case err := <-exited:
+			u.log.Error("the restored process exited before it was ready: the service is down", "restored_pid", pid, "err", err)
+			return
+		case <-deadline:
+			u.log.Error("the restored process was not ready within the upgrade timeout; leaving it running", "restored_pid", pid, "timeout", u.opts.UpgradeTimeout)
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// restoredEnv is this process's environment for a restored process: no
+// tableflip parent, the kept sockets by the socket-activation convention
+// (the process sets LISTEN_PID itself, seeing the marker), and the
+// generation it takes.
+func restoredEnv(names []string, gen int) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case tableflipParentEnv, restoreEnv, "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID":
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, "LISTEN_FDS="+strconv.Itoa(len(names)), "LISTEN_FDNAMES="+strings.Join(names, ":"),
+		fmt.Sprintf("%s=%d", restoreEnv, gen))
+}
+
+// takeRestoreRole reports whether this process was started by a
+// generation restoring its build, and the generation it takes; it sets
+// LISTEN_PID for the sockets it passed and removes the marker.
+func takeRestoreRole() (int, bool, error) {
+	v, ok := os.LookupEnv(restoreEnv)
+	if !ok {
+		return 0, false, nil
+	}
+	os.Unsetenv(restoreEnv)
+	gen, err := strconv.Atoi(v)
+	if err != nil || gen < 1 {
+		return 0, false, fmt.Errorf("upgrader: restore marker %s=%q is not a generation", restoreEnv, v)
+	}
+	os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+	return gen, true, nil
+}
+
+// markStopping tells a previous generation standing by that this one
+// stops as asked, so that it does not restore its build.
+func (u *Upgrader) markStopping() {
+	if u.opts.Probation <= 0 || u.state == nil {
+		return
+	}
+	select {
+	case <-u.parent:
+		return // nobody stands by
+	default:
+	}
+	u.mu.Lock()
+	st := u.statsToPassLocked()
+	u.mu.Unlock()
+	err := u.state.write(genState{Generation: u.gen, PID: os.Getpid(), Version: u.opts.Version, FirstStart: u.first, Stats: st, Stopping: true})
+	if err != nil && !errors.Is(err, os.ErrClosed) {
+		u.log.Warn("cannot tell the previous generation this one stops: it may restore its build", "err", err)
+	}
+}
