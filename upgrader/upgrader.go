@@ -583,7 +583,12 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	case <-u.parent:
 	default:
 		left := max(u.opts.DrainTimeout-time.Since(u.readyAt), 0).Round(time.Second)
-		progress("wait", fmt.Sprintf("previous generation pid %d is still draining (drain timeout: %s left at most); the upgrade starts once it has exited", u.ppid, left))
+		what := fmt.Sprintf("still draining (drain timeout: %s left at most)", left)
+		if u.opts.Probation > 0 {
+			left = max(max(u.opts.DrainTimeout, u.opts.Probation)-time.Since(u.readyAt), 0).Round(time.Second)
+			what = fmt.Sprintf("still draining or standing by for this generation's probation (%s left at most)", left)
+		}
+		progress("wait", fmt.Sprintf("previous generation pid %d is %s; the upgrade starts once it has exited", u.ppid, what))
 		u.log.Info("upgrade waits for previous generation to drain", "parent_pid", u.ppid, "left", left)
 		select {
 		case <-u.parent:
