@@ -351,3 +351,54 @@ func TestSystemdRun(t *testing.T) {
 	}
 	run("systemctl", "stop", unit)
 }
+
+// TestSystemdNotifyWithProbation: with --probation the old generation
+// stays systemd's main process until the probation is over, then names
+// the new one; if the new one dies first, it names the process restoring
+// its build, which reports READY=1 itself.
+func TestSystemdNotifyWithProbation(t *testing.T) {
+	t.Run("probation over", func(t *testing.T) {
+		ns := listenNotify(t)
+		s := startHelloWith(t, helloV1, withNotify(ns), "--probation", "1s")
+		p1 := s.pid()
+		expect(t, "first generation ready", ns.next(t), p1, "READY=1")
+		install(t, helloV2, s.exe)
+		s.reload()
+		p2 := s.pid()
+		expect(t, "upgrade starts", ns.next(t), p1, "RELOADING=1")
+		expect(t, "new generation ready, not yet the main process", ns.next(t), p2, "READY=1")
+		expect(t, "probation over: the old generation hands over", ns.next(t), p1, "MAINPID="+strconv.Itoa(p2))
+		s.log.waitFor(t, 0, "previous generation exited", "generation=2")
+	})
+	t.Run("new generation dies", func(t *testing.T) {
+		v1, crashy, _ := testsvcBuilds(t)
+		ns := listenNotify(t)
+		s := newService(t, v1, "svc")
+		s.adjust = withNotify(ns)
+		s.start("--workers", "2", "--probation", "30s")
+		s.waitReady()
+		p1 := s.pid()
+		expect(t, "first generation ready", ns.next(t), p1, "READY=1")
+		install(t, crashy, s.exe)
+		s.reload()
+		p2 := s.pid()
+		expect(t, "upgrade starts", ns.next(t), p1, "RELOADING=1")
+		expect(t, "new generation ready, not yet the main process", ns.next(t), p2, "READY=1")
+		s.log.waitFor(t, 0, "restored: this build serves again", fmt.Sprintf("pid=%d", p1))
+		p3 := s.pid()
+		// The restoring generation names the restored process, which
+		// reports ready: in either order.
+		got := map[string]int{}
+		for range 2 {
+			m := ns.next(t)
+			for _, k := range []string{"MAINPID", "READY"} {
+				if v, ok := m.fields[k]; ok {
+					got[k+"="+v] = m.pid
+				}
+			}
+		}
+		if got["MAINPID="+strconv.Itoa(p3)] != p1 || got["READY=1"] != p3 {
+			t.Errorf("after the restore: %v, want MAINPID=%d from %d and READY=1 from %d", got, p3, p1, p3)
+		}
+	})
+}

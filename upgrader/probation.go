@@ -21,6 +21,9 @@ import (
 // sockets, passed by the socket-activation convention, and exits once that
 // process is ready: the service is back on the build that served before.
 // Connections that arrived meanwhile wait in the kernel's accept queue.
+// Under systemd, the previous generation stays the main process until the
+// probation is over, then sends MAINPID= for the new one (or for the
+// restored process).
 
 // restoreEnv marks a process started by a previous generation standing by,
 // whose successor died; its value is the generation number to take.
@@ -83,9 +86,11 @@ func (u *Upgrader) standBy(k *keptSockets, succ int, readyAt time.Time) {
 	select {
 	case <-timer.C:
 		u.log.Info("probation over: the new generation stays", "new_pid", succ)
+		u.sdNotify("MAINPID=" + strconv.Itoa(succ))
 		return
 	case <-u.standbyEnd:
 		u.log.Info("stop signal while standing by: exiting, the new generation stays", "new_pid", succ)
+		u.sdNotify("MAINPID=" + strconv.Itoa(succ))
 		return
 	case <-gone:
 	}

@@ -164,12 +164,14 @@ func (u *Upgrader) sdReloading() {
 }
 
 // sdUpgraded hands the service over to the new main process, then lets
-// the new generation send READY=1.
+// the new generation send READY=1. With a probation, this generation stays
+// the main process until the probation is over (standBy), so that systemd
+// does not act on the unit if the new generation dies meanwhile.
 func (u *Upgrader) sdUpgraded(newPID int) {
 	if !u.sd.notify {
 		return
 	}
-	if newPID > 0 {
+	if newPID > 0 && u.opts.Probation <= 0 {
 		u.sdNotify("MAINPID=" + strconv.Itoa(newPID))
 	}
 	if w := u.sd.ackW; w != nil {
