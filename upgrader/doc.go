@@ -42,6 +42,16 @@
 //   - A drain lasts at most Options.DrainTimeout; what is still open then is
 //     cut, and counted in the logs and metrics.
 //
+// # A build that crashes after ready
+//
+// With worker processes, a new generation whose workers fall into a crash
+// loop within RollbackWindow of its ready runs the previous build's workers
+// again: the master kept that build's executable open (rollback.go). With
+// Options.Probation, the previous generation, once drained, stands by
+// holding copies of the sockets; if the new generation dies meanwhile
+// without having been asked to stop, it starts its own build again on them
+// (probation.go). Under systemd it stays the main process until then.
+//
 // # Stopping
 //
 // SIGTERM and SIGINT stop the service gracefully, with the same drain; a
