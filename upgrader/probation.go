@@ -48,6 +48,12 @@ func (k *keptSockets) close() {
 // keepSockets copies the service's sockets for a restore, before the
 // drain closes them.
 func (u *Upgrader) keepSockets() *keptSockets {
+	if ownImage(os.Args[0]) == os.Args[0] {
+		// Without /proc/self/exe, a restore would start whatever build is
+		// at the path now: most likely the one that just died.
+		u.log.Warn("probation needs Linux: no restore if the new generation dies")
+		return nil
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	k := &keptSockets{}
