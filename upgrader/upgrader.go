@@ -224,7 +224,11 @@ func New(opts Options) (*Upgrader, error) {
 		if err := checkPIDDir(opts.PIDFile); err != nil {
 			return nil, err
 		}
-		if err := checkNotRunning(opts.PIDFile, opts.Logger.With("pid", os.Getpid(), "generation", 1)); err != nil {
+		gen := 1
+		if restored {
+			gen = restoredGen
+		}
+		if err := checkNotRunning(opts.PIDFile, opts.Logger.With("pid", os.Getpid(), "generation", gen)); err != nil {
 			return nil, err
 		}
 	}
