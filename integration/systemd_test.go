@@ -370,6 +370,25 @@ func TestSystemdNotifyWithProbation(t *testing.T) {
 		expect(t, "probation over: the old generation hands over", ns.next(t), p1, "MAINPID="+strconv.Itoa(p2))
 		s.log.waitFor(t, 0, "previous generation exited", "generation=2")
 	})
+	t.Run("drain outlasts the probation", func(t *testing.T) {
+		// A request held on the old generation keeps it draining past a
+		// 1ms probation: it must still hand MAINPID over, or systemd
+		// would take its exit for the main process dying.
+		ns := listenNotify(t)
+		s := startHelloWith(t, helloV1, withNotify(ns), "--probation", "1ms")
+		p1 := s.pid()
+		expect(t, "first generation ready", ns.next(t), p1, "READY=1")
+		held := holdRequest(t, s)
+		install(t, helloV2, s.exe)
+		s.reload()
+		p2 := s.pid()
+		expect(t, "upgrade starts", ns.next(t), p1, "RELOADING=1")
+		expect(t, "new generation ready, not yet the main process", ns.next(t), p2, "READY=1")
+		held.wantFinished()
+		expect(t, "after the drain: the old generation hands over", ns.next(t), p1, "MAINPID="+strconv.Itoa(p2))
+		s.log.waitFor(t, 0, "probation over: the new generation stays", fmt.Sprintf("pid=%d", p1))
+		s.log.waitFor(t, 0, "previous generation exited", "generation=2")
+	})
 	t.Run("new generation dies", func(t *testing.T) {
 		v1, crashy, _ := testsvcBuilds(t)
 		ns := listenNotify(t)

@@ -72,10 +72,24 @@ func (u *Upgrader) keepSockets() *keptSockets {
 // standBy waits, after this generation's drain, until the probation of
 // its successor, pid succ, ready at readyAt, is over. It restores this
 // build if the successor dies before without having been asked to stop.
+//
+// Whatever happens, it hands systemd's MAINPID on before it returns (see
+// sdUpgraded): to the successor, or to the restored process.
 func (u *Upgrader) standBy(k *keptSockets, succ int, readyAt time.Time) {
 	defer k.close()
+	if succ <= 0 {
+		return
+	}
 	left := u.opts.Probation - time.Since(readyAt)
-	if k == nil || succ <= 0 || left <= 0 {
+	if k == nil || left <= 0 {
+		// The drain outlasted the probation, or there is nothing to
+		// restore with: the successor stays, if it is alive.
+		if k != nil && !proc.Alive(succ) && !u.stoppedAsAsked(succ) {
+			u.restore(k, succ, time.Since(readyAt))
+			return
+		}
+		u.log.Info("probation over: the new generation stays", "new_pid", succ)
+		u.sdNotify("MAINPID=" + strconv.Itoa(succ))
 		return
 	}
 	u.log.Info("standing by while the new generation is on probation", "new_pid", succ, "left", left.Round(time.Millisecond))
@@ -100,11 +114,18 @@ func (u *Upgrader) standBy(k *keptSockets, succ int, readyAt time.Time) {
 		return
 	case <-gone:
 	}
-	if st, err := u.state.read(); err == nil && st.PID == succ && st.Stopping {
+	if u.stoppedAsAsked(succ) {
 		u.log.Info("the new generation stopped as asked: not restoring", "new_pid", succ)
 		return
 	}
 	u.restore(k, succ, time.Since(readyAt))
+}
+
+// stoppedAsAsked reports whether the successor succ said, in the state
+// file, that it stops as asked.
+func (u *Upgrader) stoppedAsAsked(succ int) bool {
+	st, err := u.state.read()
+	return err == nil && st.PID == succ && st.Stopping
 }
 
 // restore starts a fresh process of this build on the kept sockets and

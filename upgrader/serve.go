@@ -149,8 +149,9 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 	if final {
 		u.markStopping()
 	}
+	probation := !final && u.opts.Probation > 0 && u.worker == nil
 	var kept *keptSockets
-	if !final && u.opts.Probation > 0 && u.worker == nil {
+	if probation {
 		kept = u.keepSockets()
 	}
 	start := time.Now()
@@ -198,7 +199,7 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 	if final && u.opts.PIDFile != "" {
 		u.removePIDFile()
 	}
-	if kept != nil {
+	if probation {
 		u.mu.Lock()
 		succ, at := u.successor, u.successorAt
 		u.mu.Unlock()
