@@ -627,3 +627,32 @@ func (s *service) waitWorkersDead(workers []int) {
 		waitExit(s.t, pid)
 	}
 }
+
+// Row 10, systemd's way: systemctl stop with the default
+// KillMode=control-group (or a terminal's Ctrl-C) signals the master and
+// every worker process at once, and the master then signals its workers
+// too. A worker takes that second signal as the same stop: its request in
+// flight completes with 200, and every process exits.
+func TestFaultStopSignalsEveryProcess(t *testing.T) {
+	s := startHello(t, helloV1, "--workers", "2", "--worker-mode", "process")
+	held := holdRequest(t, s)
+	master := s.pid()
+	procs := s.generation(master)
+	for _, pid := range procs {
+		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held.wantFinished()
+	<-s.exited
+	if s.waitErr != nil {
+		t.Errorf("master exited with %v, want status 0", s.waitErr)
+	}
+	for _, pid := range procs {
+		waitExit(t, pid)
+	}
+	if strings.Contains(s.log.String(), "cutting the drain short") {
+		t.Errorf("a drain was cut short:\n%s", s.log)
+	}
+	wantNothingLeft(t, s)
+}

@@ -127,14 +127,34 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 		if n == 1 && u.phase.Load() == "draining" {
 			// systemd's KillMode=control-group and a terminal's Ctrl-C
 			// signal every generation at once.
+			u.stopSignalAt.CompareAndSwap(0, time.Now().UnixNano())
 			u.log.Info("stop signal while draining after an upgrade: the drain goes on, a second signal cuts it short", "signal", sig.String())
+			return
+		}
+		if u.sameStop() {
+			u.log.Info("stop signal again, taken as the same stop", "signal", sig.String())
 			return
 		}
 		u.log.Warn("second stop signal, cutting the drain short", "signal", sig.String())
 		u.forceOnce.Do(func() { close(u.force) })
 	default:
+		u.stopSignalAt.CompareAndSwap(0, time.Now().UnixNano())
 		u.requestStop("signal", sig.String())
 	}
+}
+
+// StopSignalGrace: a stop signal that comes within this time of the first
+// one is taken as the same stop, not as the second one that cuts the drain
+// short. systemd's KillMode=control-group and a terminal's Ctrl-C signal
+// every process of a service at once, and a master signals its worker
+// processes too: each of them would otherwise see two signals.
+const StopSignalGrace = time.Second
+
+// sameStop reports whether a stop signal now is within StopSignalGrace of
+// the first.
+func (u *Upgrader) sameStop() bool {
+	first := u.stopSignalAt.Load()
+	return first != 0 && time.Since(time.Unix(0, first)) < StopSignalGrace
 }
 
 // drain runs after this generation stopped accepting work for good: after

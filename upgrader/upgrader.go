@@ -153,6 +153,8 @@ type Upgrader struct {
 	gate      chan struct{} // closed once ready; see gatedListener
 	force     chan struct{}
 	forceOnce sync.Once
+	// stopSignalAt is when the first stop signal came (UnixNano), 0 before.
+	stopSignalAt atomic.Int64
 	// After an upgrade with a probation: the successor and when it was
 	// ready; standbyEnd is closed by a stop signal while standing by.
 	successor   int

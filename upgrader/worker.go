@@ -207,9 +207,14 @@ func (u *Upgrader) onWorkerSignal(sig os.Signal) {
 	}
 	select {
 	case <-u.worker.stopC:
+		if u.sameStop() {
+			u.log.Info("stop signal again, taken as the same stop", "signal", sig.String())
+			return
+		}
 		u.log.Warn("second stop signal, cutting the drain short", "signal", sig.String())
 		u.forceOnce.Do(func() { close(u.force) })
 	default:
+		u.stopSignalAt.CompareAndSwap(0, time.Now().UnixNano())
 		u.log.Info("stopping", "signal", sig.String())
 		u.Stop()
 	}
