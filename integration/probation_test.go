@@ -18,9 +18,10 @@ func testsvcBuilds(t *testing.T) (v1, crashy, v2 string) {
 
 // TestProbationRestoresPreviousBuild: goroutine workers, --probation. An
 // upgrade to a build that reports ready, then crashes, succeeds; the
-// previous generation, standing by, starts its own build again on the
-// sockets, which serves the load without a failure; it then upgrades as
-// usual. Requests the crashing generation had in flight are reported.
+// previous generation, standing by while it still drains a request, starts
+// its own build again on the sockets at once, which serves the load
+// without a failure; it then upgrades as usual. Requests the crashing
+// generation had in flight are reported.
 func TestProbationRestoresPreviousBuild(t *testing.T) {
 	v1, crashy, v2 := testsvcBuilds(t)
 	s := newService(t, v1, "svc")
@@ -28,11 +29,15 @@ func TestProbationRestoresPreviousBuild(t *testing.T) {
 	s.waitReady()
 	first := s.pid()
 	l := runLoad(t, s, false)
+	// A request held on the first generation keeps it draining: the
+	// restore must not wait for the drain to end.
+	held := holdRequest(t, s)
 
 	install(t, crashy, s.exe)
 	s.reload()
 	i := s.log.waitFor(t, 0, "NEW GENERATION DIED ON PROBATION", fmt.Sprintf("pid=%d", first))
 	i = s.log.waitFor(t, i, "restored: this build serves again", fmt.Sprintf("pid=%d", first))
+	held.wantFinished()
 	restored := s.pid()
 	if restored == first || !alive(restored) {
 		t.Fatalf("pid file names %d after the restore (first generation %d)", restored, first)
@@ -93,4 +98,22 @@ func TestProbationEnds(t *testing.T) {
 		}
 		wantNothingLeft(t, s)
 	})
+}
+
+// TestProbationRestoresSocketActivated: a service that took its socket
+// from systemd by name (--listen systemd:http) is restored on it too: the
+// restored process finds it under the same name.
+func TestProbationRestoresSocketActivated(t *testing.T) {
+	v1, crashy, _ := testsvcBuilds(t)
+	s := newService(t, v1, "svc")
+	s.adjust = withActivation(t)
+	s.startArgs("--listen", "systemd:http", "--pidfile", s.pidfile, "--workers", "2", "--probation", "30s")
+	s.waitReady()
+	first := s.pid()
+	install(t, crashy, s.exe)
+	s.reload()
+	s.log.waitFor(t, 0, "restored: this build serves again", fmt.Sprintf("pid=%d", first))
+	if code, body, err := s.get("/healthz"); err != nil || code != 200 || !strings.Contains(body, "version=v1") {
+		t.Errorf("GET /healthz after the restore = %d %q %v, want v1", code, body, err)
+	}
 }

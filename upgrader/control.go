@@ -97,7 +97,7 @@ func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 		w.Final(control.Message{Status: u.status()}, nil)
 	case control.CmdUpgrade:
 		u.log.Info("upgrade requested", "via", "control socket")
-		ctx, cancel := context.WithTimeout(context.Background(), u.opts.DrainTimeout+u.opts.UpgradeTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), u.upgradeWait())
 		defer cancel()
 		res, err := u.upgrade(ctx, func(step, msg string) { w.Progress(step, msg) })
 		m := control.Message{Upgrade: &res}

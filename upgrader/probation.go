@@ -64,7 +64,7 @@ func (u *Upgrader) keepSockets() *keptSockets {
 			k.close()
 			return nil
 		}
-		k.files, k.names = append(k.files, f), append(k.names, s.name)
+		k.files, k.names = append(k.files, f), append(k.names, s.activationName())
 	}
 	return k
 }
@@ -225,4 +225,46 @@ func (u *Upgrader) markStopping() {
 	if err != nil && !errors.Is(err, os.ErrClosed) {
 		u.log.Warn("cannot tell the previous generation this one stops: it may restore its build", "err", err)
 	}
+}
+
+// upgradeWait bounds how long an asked upgrade may take: the previous
+// generation's drain or probation, whichever is longer, then the upgrade.
+func (u *Upgrader) upgradeWait() time.Duration {
+	return max(u.opts.DrainTimeout, u.opts.Probation) + u.opts.UpgradeTimeout
+}
+
+// endStandBy ends the probation at a signal to this generation while it
+// stands by, and reports whether it did. Under systemd this generation is
+// still the main process, so the signal was meant for the service: it is
+// passed on to the new generation.
+func (u *Upgrader) endStandBy(sig os.Signal) bool {
+	if !u.standing.CompareAndSwap(true, false) {
+		return false
+	}
+	u.standbyOnce.Do(func() { close(u.standbyEnd) })
+	u.mu.Lock()
+	succ := u.successor
+	u.mu.Unlock()
+	if u.sd.notify && succ > 0 {
+		u.log.Info("signal while standing by: passed on to the new generation", "signal", sig.String(), "new_pid", succ)
+		signalPID(succ, sig)
+	}
+	return true
+}
+
+// signalPID sends sig to process pid, if it can.
+func signalPID(pid int, sig os.Signal) {
+	if p, err := os.FindProcess(pid); err == nil {
+		p.Signal(sig)
+	}
+}
+
+// activationName is the LISTEN_FDNAMES name under which a restored process
+// finds this socket: the systemd name for an address "systemd:NAME", which
+// it looks up by name; otherwise any, as it matches by address.
+func (s sockRef) activationName() string {
+	if name, ok := strings.CutPrefix(s.addr, SystemdPrefix); ok {
+		return name
+	}
+	return s.name
 }

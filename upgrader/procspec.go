@@ -37,6 +37,7 @@ var masterOnlyEnv = []string{
 // ListenPacket were called, with the name it is passed to workers under.
 type sockRef struct {
 	name string
+	addr string // as Listen or ListenPacket was asked
 	conn syscall.Conn
 }
 

@@ -102,9 +102,21 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 		return
 	}
 	if isUpgradeSignal(sig) {
+		if u.standing.Load() && u.sd.notify {
+			// systemd signals its main process, which this generation
+			// stays until the probation is over: the new one upgrades.
+			u.mu.Lock()
+			succ := u.successor
+			u.mu.Unlock()
+			u.log.Info("upgrade signal while standing by: passed on to the new generation", "signal", sig.String(), "new_pid", succ)
+			if succ > 0 {
+				signalPID(succ, sig)
+			}
+			return
+		}
 		u.log.Info("upgrade requested", "signal", sig.String())
 		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), u.opts.DrainTimeout+u.opts.UpgradeTimeout)
+			ctx, cancel := context.WithTimeout(context.Background(), u.upgradeWait())
 			defer cancel()
 			_, err := u.Upgrade(ctx)
 			var ue *UpgradeError
@@ -117,11 +129,10 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 		}()
 		return
 	}
-	n := u.stopSignals.Add(1)
-	if u.standing.Load() {
-		u.standbyOnce.Do(func() { close(u.standbyEnd) })
+	if u.endStandBy(sig) {
 		return
 	}
+	n := u.stopSignals.Add(1)
 	select {
 	case <-u.exit:
 		if n == 1 && u.phase.Load() == "draining" {
@@ -169,10 +180,20 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 	if final {
 		u.markStopping()
 	}
-	probation := !final && u.opts.Probation > 0 && u.worker == nil
-	var kept *keptSockets
-	if probation {
-		kept = u.keepSockets()
+	// With a probation, stand by from now on, alongside the drain: a new
+	// generation that dies while this one still drains is restored at once.
+	var standDone chan struct{}
+	if !final && u.opts.Probation > 0 && u.worker == nil {
+		kept := u.keepSockets()
+		u.mu.Lock()
+		succ, at := u.successor, u.successorAt
+		u.mu.Unlock()
+		u.standing.Store(true)
+		standDone = make(chan struct{})
+		go func() {
+			defer close(standDone)
+			u.standBy(kept, succ, at)
+		}()
 	}
 	start := time.Now()
 	ds := u.drainSt
@@ -219,12 +240,8 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 	if final && u.opts.PIDFile != "" {
 		u.removePIDFile()
 	}
-	if probation {
-		u.mu.Lock()
-		succ, at := u.successor, u.successorAt
-		u.mu.Unlock()
-		u.standing.Store(true)
-		u.standBy(kept, succ, at)
+	if standDone != nil {
+		<-standDone
 	}
 	if err != nil {
 		return fmt.Errorf("drain: %w", err)

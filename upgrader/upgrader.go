@@ -410,7 +410,7 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 	defer u.mu.Unlock()
 	u.lns = append(u.lns, ln)
 	if c, ok := ln.(syscall.Conn); ok {
-		u.socks = append(u.socks, sockRef{fdName(network, addr), c})
+		u.socks = append(u.socks, sockRef{name: fdName(network, addr), addr: addr, conn: c})
 	}
 	u.addrs = append(u.addrs, network+"://"+ln.Addr().String())
 	return ln, nil
@@ -435,7 +435,7 @@ func (u *Upgrader) ListenPacket(network, addr string) (net.PacketConn, error) {
 	defer u.mu.Unlock()
 	u.pcs = append(u.pcs, pc)
 	if c, ok := pc.(syscall.Conn); ok {
-		u.socks = append(u.socks, sockRef{fdName(network, addr), c})
+		u.socks = append(u.socks, sockRef{name: fdName(network, addr), addr: addr, conn: c})
 	}
 	u.addrs = append(u.addrs, network+"://"+pc.LocalAddr().String())
 	return pc, nil

@@ -75,7 +75,7 @@ func (u *Upgrader) watch(done <-chan struct{}) error {
 			timer.Reset(WatchDebounce)
 		case <-timer.C:
 			u.log.Info("change detected, upgrading", "path", changed)
-			ctx, cancel := context.WithTimeout(context.Background(), u.opts.DrainTimeout+u.opts.UpgradeTimeout)
+			ctx, cancel := context.WithTimeout(context.Background(), u.upgradeWait())
 			_, err := u.Upgrade(ctx)
 			cancel()
 			if err != nil {
