@@ -149,11 +149,12 @@ func selfExecutable() (string, error) {
 func (s *procSpec) command(id int, notifyPath string, stdin *os.File) *exec.Cmd {
 	cmd := exec.Command("/bin/sh", append([]string{"-c", listenPIDWrapper}, s.argv...)...)
 	if s.self {
-		image := s.image
+		cmd = &exec.Cmd{Path: s.image, Args: s.argv}
 		if p := s.rolled.Load(); p != nil {
-			image = *p
+			// The previous build may predate workers that set LISTEN_PID
+			// themselves: it goes through the shell, under its image path.
+			cmd = exec.Command("/bin/sh", append([]string{"-c", listenPIDWrapper, *p}, s.argv[1:]...)...)
 		}
-		cmd = &exec.Cmd{Path: image, Args: s.argv}
 	}
 	env := make([]string, 0, len(os.Environ())+4)
 	for _, kv := range os.Environ() {
