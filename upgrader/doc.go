@@ -55,7 +55,8 @@
 // # Stopping
 //
 // SIGTERM and SIGINT stop the service gracefully, with the same drain; a
-// second signal cuts the drain short. A generation still draining after an
+// second signal, a second or more after the first (StopSignalGrace), cuts
+// the drain short. A generation still draining after an
 // upgrade takes its first stop signal as the stop it is already doing, so
 // that signalling every process of the service at once (a terminal's
 // Ctrl-C, systemd's default KillMode=control-group) drains them all.
