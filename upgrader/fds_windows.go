@@ -17,3 +17,6 @@ func closeOnExec(int) {}
 func socketFile(syscall.Conn, string) (*os.File, error) {
 	return nil, errors.New("not supported on windows")
 }
+
+// lockFile: generations do not overlap on Windows.
+func lockFile(*os.File, bool) (unlock func()) { return func() {} }

@@ -211,11 +211,9 @@ func (u *Upgrader) countParentDrain() {
 // leaveDrainRecord tells the next generation, through the state file it
 // wrote when it became ready, how this one's drain went.
 func (u *Upgrader) leaveDrainRecord(took time.Duration, cut int64) {
-	st, err := u.state.read()
-	if err == nil {
+	err := u.state.update(func(st *genState) {
 		st.Drain = &drainRecord{PID: os.Getpid(), Duration: took, Cut: uint64(cut)}
-		err = u.state.write(st)
-	}
+	})
 	if err != nil {
 		u.log.Warn("drain not recorded for the metrics of the next generation", "err", err)
 	}

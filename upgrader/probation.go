@@ -218,10 +218,13 @@ func (u *Upgrader) markStopping() {
 		return // nobody stands by
 	default:
 	}
-	u.mu.Lock()
-	st := u.statsToPassLocked()
-	u.mu.Unlock()
-	err := u.state.write(genState{Generation: u.gen, PID: os.Getpid(), Version: u.opts.Version, FirstStart: u.first, Stats: st, Stopping: true})
+	// An update, not a write: the previous generation may be leaving its
+	// drain record at this very moment.
+	err := u.state.update(func(st *genState) {
+		if st.PID == os.Getpid() {
+			st.Stopping = true
+		}
+	})
 	if err != nil && !errors.Is(err, os.ErrClosed) {
 		u.log.Warn("cannot tell the previous generation this one stops: it may restore its build", "err", err)
 	}

@@ -31,9 +31,11 @@ type genState struct {
 	Stopping bool `json:"stopping,omitempty"`
 }
 
-// stateFile is shared by every generation of a service. Only one of them
+// stateFile is shared by every generation of a service. Mostly one of them
 // writes at a time: the serving one before it starts an upgrade, the new
-// one just before it reports ready.
+// one just before it reports ready. An old generation's drain record and a
+// new one's stop mark can meet, so every access holds a POSIX record lock
+// (per process, unlike flock on this one shared open file description).
 type stateFile struct {
 	f *os.File
 }
@@ -48,6 +50,25 @@ func newStateFile() (*stateFile, error) {
 }
 
 func (s *stateFile) write(st genState) error {
+	unlock := lockFile(s.f, true)
+	defer unlock()
+	return s.writeLocked(st)
+}
+
+// update changes the state with fn, read and written under one lock, so
+// that two generations updating it at once lose neither change.
+func (s *stateFile) update(fn func(*genState)) error {
+	unlock := lockFile(s.f, true)
+	defer unlock()
+	st, err := s.readLocked()
+	if err != nil {
+		return err
+	}
+	fn(&st)
+	return s.writeLocked(st)
+}
+
+func (s *stateFile) writeLocked(st genState) error {
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
@@ -62,6 +83,12 @@ func (s *stateFile) write(st genState) error {
 }
 
 func (s *stateFile) read() (genState, error) {
+	unlock := lockFile(s.f, false)
+	defer unlock()
+	return s.readLocked()
+}
+
+func (s *stateFile) readLocked() (genState, error) {
 	var st genState
 	b, err := io.ReadAll(io.NewSectionReader(s.f, 0, 1<<20))
 	if err != nil {
