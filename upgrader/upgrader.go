@@ -627,6 +627,16 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 		phase = "ready"
 		u.publishWorkers(true)
 	}
+	var st genState
+	var serr error
+	if err == nil {
+		// Before the phase lock is let go: the drain, which waits for
+		// it, must find the successor (probation.go).
+		st, serr = u.state.read()
+		u.mu.Lock()
+		u.successor, u.successorAt = st.PID, time.Now()
+		u.mu.Unlock()
+	}
 	stopAfter := u.setPhase(phase)
 	u.phaseMu.Unlock()
 	if err != nil {
@@ -653,14 +663,10 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 		}
 		return res, err
 	}
-	st, serr := u.state.read()
 	if serr != nil {
 		u.log.Warn("new generation ready but its state is unreadable", "err", serr)
 	}
 	res.NewPID, res.Generation, res.Version, res.Duration = st.PID, st.Generation, st.Version, took
-	u.mu.Lock()
-	u.successor, u.successorAt = st.PID, time.Now()
-	u.mu.Unlock()
 	u.sdUpgraded(st.PID)
 	u.log.Info("upgrade done, draining", "new_pid", st.PID, "new_generation", st.Generation, "duration", took.Round(time.Millisecond))
 	progress("ready", fmt.Sprintf("new generation pid %d ready in %d ms", st.PID, took.Milliseconds()))
