@@ -67,24 +67,14 @@ func TestProbationRestoresPreviousBuild(t *testing.T) {
 func TestProbationEnds(t *testing.T) {
 	v1, _, v2 := testsvcBuilds(t)
 	t.Run("probation over", func(t *testing.T) {
-		s := newService(t, v1, "svc")
-		s.start("--workers", "2", "--probation", "1s")
-		s.waitReady()
-		first := s.pid()
-		install(t, v2, s.exe)
-		s.reload()
+		s, first := upgradeOnProbation(t, v1, v2, "1s")
 		// Standing by, unless the drain outlasted the probation.
 		s.log.waitFor(t, 0, "probation over: the new generation stays", fmt.Sprintf("pid=%d", first))
 		s.log.waitFor(t, 0, "previous generation exited", "generation=2")
 		s.onlyProcess(s.pid())
 	})
 	t.Run("stopped during probation", func(t *testing.T) {
-		s := newService(t, v1, "svc")
-		s.start("--workers", "2", "--probation", "60s")
-		s.waitReady()
-		first := s.pid()
-		install(t, v2, s.exe)
-		s.reload()
+		s, first := upgradeOnProbation(t, v1, v2, "60s")
 		s.log.waitFor(t, 0, "standing by while the new generation is on probation", fmt.Sprintf("pid=%d", first))
 		second := s.pid()
 		if code, out, errOut := s.handoff("stop"); code != 0 {
@@ -116,4 +106,17 @@ func TestProbationRestoresSocketActivated(t *testing.T) {
 	if code, body, err := s.get("/healthz"); err != nil || code != 200 || !strings.Contains(body, "version=v1") {
 		t.Errorf("GET /healthz after the restore = %d %q %v, want v1", code, body, err)
 	}
+}
+
+// upgradeOnProbation starts from with --probation probation, upgrades it
+// to to, and returns the service and the first generation's pid.
+func upgradeOnProbation(t *testing.T, from, to, probation string) (*service, int) {
+	t.Helper()
+	s := newService(t, from, "svc")
+	s.start("--workers", "2", "--probation", probation)
+	s.waitReady()
+	first := s.pid()
+	install(t, to, s.exe)
+	s.reload()
+	return s, first
 }

@@ -384,15 +384,7 @@ func TestSystemdNotifyWithProbation(t *testing.T) {
 		s.reload()
 		p2 := s.pid()
 		expect(t, "upgrade starts", ns.next(t), p1, "RELOADING=1")
-		got := map[string]int{}
-		for range 2 {
-			m := ns.next(t)
-			for _, k := range []string{"MAINPID", "READY"} {
-				if v, ok := m.fields[k]; ok {
-					got[k+"="+v] = m.pid
-				}
-			}
-		}
+		got := ns.senders(t, 2, "MAINPID", "READY")
 		if got["MAINPID="+strconv.Itoa(p2)] != p1 || got["READY=1"] != p2 {
 			t.Errorf("after the upgrade: %v, want MAINPID=%d from %d and READY=1 from %d", got, p2, p1, p2)
 		}
@@ -418,17 +410,26 @@ func TestSystemdNotifyWithProbation(t *testing.T) {
 		p3 := s.pid()
 		// The restoring generation names the restored process, which
 		// reports ready: in either order.
-		got := map[string]int{}
-		for range 2 {
-			m := ns.next(t)
-			for _, k := range []string{"MAINPID", "READY"} {
-				if v, ok := m.fields[k]; ok {
-					got[k+"="+v] = m.pid
-				}
-			}
-		}
+		got := ns.senders(t, 2, "MAINPID", "READY")
 		if got["MAINPID="+strconv.Itoa(p3)] != p1 || got["READY=1"] != p3 {
 			t.Errorf("after the restore: %v, want MAINPID=%d from %d and READY=1 from %d", got, p3, p1, p3)
 		}
 	})
+}
+
+// senders reads the next n notifications and returns, for each KEY=VALUE
+// of keys they hold, its sender's pid: for messages that may come in
+// either order.
+func (n *notifySocket) senders(t *testing.T, count int, keys ...string) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for range count {
+		m := n.next(t)
+		for _, k := range keys {
+			if v, ok := m.fields[k]; ok {
+				got[k+"="+v] = m.pid
+			}
+		}
+	}
+	return got
 }

@@ -245,13 +245,22 @@ func (u *Upgrader) endStandBy(sig os.Signal) bool {
 		return false
 	}
 	u.standbyOnce.Do(func() { close(u.standbyEnd) })
+	u.passOn(sig)
+	return true
+}
+
+// passOn sends sig, received while this generation stands by, to the new
+// generation if this one is still systemd's main process (then the signal
+// was meant for the service), and reports whether it did.
+func (u *Upgrader) passOn(sig os.Signal) bool {
 	u.mu.Lock()
 	succ := u.successor
 	u.mu.Unlock()
-	if u.sd.notify && succ > 0 {
-		u.log.Info("signal while standing by: passed on to the new generation", "signal", sig.String(), "new_pid", succ)
-		signalPID(succ, sig)
+	if !u.sd.notify || succ <= 0 {
+		return false
 	}
+	u.log.Info("signal while standing by: passed on to the new generation", "signal", sig.String(), "new_pid", succ)
+	signalPID(succ, sig)
 	return true
 }
 

@@ -102,17 +102,8 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 		return
 	}
 	if isUpgradeSignal(sig) {
-		if u.standing.Load() && u.sd.notify {
-			// systemd signals its main process, which this generation
-			// stays until the probation is over: the new one upgrades.
-			u.mu.Lock()
-			succ := u.successor
-			u.mu.Unlock()
-			u.log.Info("upgrade signal while standing by: passed on to the new generation", "signal", sig.String(), "new_pid", succ)
-			if succ > 0 {
-				signalPID(succ, sig)
-			}
-			return
+		if u.standing.Load() && u.passOn(sig) {
+			return // the new generation upgrades
 		}
 		u.log.Info("upgrade requested", "signal", sig.String())
 		go func() {
