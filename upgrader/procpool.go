@@ -84,6 +84,7 @@ type workerProc struct {
 	err      error  // how it exited, set before exited is closed
 	failure  string // why the pool killed it, if it did
 	state    string
+	set      int // its socket set with kernel steering, else -1
 }
 
 func (p *workerProc) markReady() bool {
@@ -104,6 +105,10 @@ type procSlot struct {
 	respawnAt time.Time
 	lastErr   string
 	wasReady  bool
+	// keep is the socket set of the slot's last worker, with kernel
+	// steering: its replacement takes it, and the connections queued on
+	// it (-1: none).
+	keep int
 }
 
 // procPool is the master's pool of worker processes: it starts them,
@@ -125,6 +130,8 @@ type procPool struct {
 	readyTimeout time.Duration
 	readyDelay   time.Duration
 	pidFile      string
+	// steer, if set, steers new connections in the kernel (steering.go).
+	steer *steering
 
 	readyC    chan struct{}
 	failed    chan struct{} // closed on a crash loop before ready, with failFast
@@ -146,7 +153,7 @@ type procPool struct {
 }
 
 func newProcPool(u *Upgrader, spec *procSpec) *procPool {
-	return &procPool{
+	pp := &procPool{
 		n:            u.opts.Workers,
 		spec:         spec,
 		log:          u.log,
@@ -171,6 +178,48 @@ func newProcPool(u *Upgrader, spec *procSpec) *procPool {
 			}
 		},
 	}
+	for i := range pp.slots {
+		pp.slots[i].keep = -1
+	}
+	if u.opts.KernelSteering {
+		pp.steer = newSteering(u)
+		if pp.steer != nil && len(pp.steer.prev) > 0 {
+			go pp.forgetPrevious(u.parent)
+		}
+	}
+	return pp
+}
+
+// forgetPrevious frees the socket sets the previous generation's workers
+// held once it has exited.
+func (pp *procPool) forgetPrevious(parent <-chan struct{}) {
+	<-parent
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	for j := range pp.steer.prev {
+		if q := pp.steer.queued(j); q > 0 {
+			pp.log.Warn("connections left in the socket of a previous generation's worker: they wait for the next worker on it", "socket", j, "queued", q)
+		}
+	}
+	pp.steer.prev = nil
+}
+
+// steerLocked points new connections at the ready workers.
+func (pp *procPool) steerLocked() {
+	if pp.steer == nil {
+		return
+	}
+	pp.steer.steerLocked(pp.procs, pp.keptLocked())
+}
+
+func (pp *procPool) keptLocked() []int {
+	var kept []int
+	for _, s := range pp.slots {
+		if s.keep >= 0 && s.cur == nil {
+			kept = append(kept, s.keep)
+		}
+	}
+	return kept
 }
 
 func (pp *procPool) ready() <-chan struct{} { return pp.readyC }
@@ -200,7 +249,7 @@ func (pp *procPool) start() error {
 // spawn starts a process for slot id, as its current process or, for a
 // roll, as its replacement.
 func (pp *procPool) spawn(id int, replacement bool) (*workerProc, error) {
-	p := &workerProc{id: id, readyC: make(chan struct{}), exited: make(chan struct{}), state: stateStarting}
+	p := &workerProc{id: id, readyC: make(chan struct{}), exited: make(chan struct{}), state: stateStarting, set: -1}
 	var err error
 	if pp.readyDelay <= 0 {
 		if p.notify, err = pp.spec.newNotifySocket(id); err != nil {
@@ -223,11 +272,30 @@ func (pp *procPool) spawn(id int, replacement bool) (*workerProc, error) {
 		w.Close()
 		return nil, errPoolDraining
 	}
+	if pp.steer != nil {
+		keep := -1
+		if !replacement {
+			keep = pp.slots[id].keep
+		}
+		files, err := pp.steer.acquireLocked(p, keep, pp.keptLocked())
+		if err != nil {
+			p.notify.close()
+			w.Close()
+			return nil, fmt.Errorf("upgrader: start worker %d: %w", id, err)
+		}
+		p.cmd.ExtraFiles = files
+	}
 	markCloseOnExec()
 	if err := startCmd(p.cmd); err != nil {
 		p.notify.close()
 		w.Close()
+		if pp.steer != nil {
+			pp.steer.releaseLocked(p)
+		}
 		return nil, fmt.Errorf("upgrader: start worker %d: %w", id, err)
+	}
+	if !replacement {
+		pp.slots[id].keep = p.set
 	}
 	p.pid, p.started = p.cmd.Process.Pid, time.Now()
 	s := &pp.slots[id]
@@ -293,6 +361,7 @@ func (pp *procPool) setReady(p *workerProc) {
 	}
 	p.state = stateReady
 	pp.log.Info("worker ready", "worker", p.id, "worker_pid", p.pid, "startup", time.Since(p.started).Round(time.Millisecond))
+	pp.steerLocked()
 	s := &pp.slots[p.id]
 	if p == s.cur && !s.wasReady {
 		s.wasReady = true
@@ -330,6 +399,10 @@ func (pp *procPool) wait(p *workerProc) {
 		}
 	default:
 		pp.log.Info("worker exited", "worker", p.id, "worker_pid", p.pid, "err", err)
+	}
+	if pp.steer != nil {
+		pp.steer.releaseLocked(p)
+		pp.steerLocked()
 	}
 	pp.writePIDsLocked()
 	pp.mu.Unlock()
@@ -432,6 +505,9 @@ func (pp *procPool) roll(ctx context.Context, progress func(string)) (int, error
 		s := &pp.slots[id]
 		old := s.cur
 		s.cur, s.next = p, nil
+		if p.set >= 0 {
+			s.keep = p.set
+		}
 		if s.respawn != nil {
 			s.respawn.Stop()
 			s.respawn = nil
@@ -441,7 +517,15 @@ func (pp *procPool) roll(ctx context.Context, progress func(string)) (int, error
 		msg := fmt.Sprintf("worker %d: pid %d ready in %d ms", id, p.pid, time.Since(start).Milliseconds())
 		if old != nil {
 			msg += fmt.Sprintf(", old pid %d draining", old.pid)
-			pp.stopProc(old, pp.drainTimeout+workerCutGrace)
+			if pp.steer != nil {
+				go func() {
+					ctx, cancel := context.WithTimeout(context.Background(), pp.drainTimeout)
+					defer cancel()
+					pp.retire(ctx, old, pp.drainTimeout+workerCutGrace)
+				}()
+			} else {
+				pp.stopProc(old, pp.drainTimeout+workerCutGrace)
+			}
 		}
 		pp.log.Info("worker replaced", "worker", id, "worker_pid", p.pid, "duration", time.Since(start).Round(time.Millisecond))
 		progress(msg)
@@ -484,11 +568,41 @@ func (pp *procPool) stopProc(p *workerProc, timeout time.Duration) {
 	}()
 }
 
+// retire stops p once the kernel says it holds no connection (kernel
+// steering): it leaves p's socket out of the program, waits until p has
+// been idle for retireSettle, or ctx is done, then sends SIGTERM, and,
+// with killAfter, SIGKILL if p has not exited by then.
+func (pp *procPool) retire(ctx context.Context, p *workerProc, killAfter time.Duration) {
+	start := time.Now()
+	pp.mu.Lock()
+	p.state = stateDraining
+	pp.steerLocked()
+	pp.mu.Unlock()
+	if held := pp.steer.waitIdle(ctx, p); held > 0 {
+		pp.log.Warn("worker still holds connections at its drain timeout, signalling it", "worker", p.id, "worker_pid", p.pid, "held", held, "timeout", time.Since(start).Round(time.Millisecond))
+	} else {
+		pp.log.Info("worker idle, signalling it", "worker", p.id, "worker_pid", p.pid, "waited", time.Since(start).Round(time.Millisecond))
+	}
+	pp.stopProc(p, killAfter)
+}
+
 // drain stops every worker process: SIGTERM, then SIGKILL for those left
-// when ctx is done. It returns once all have exited.
+// when ctx is done. It returns once all have exited. With kernel
+// steering, after an upgrade, each worker gets its SIGTERM once it holds
+// no connection (retire).
 func (pp *procPool) drain(ctx context.Context) error {
+	defer func() {
+		if pp.steer != nil {
+			pp.mu.Lock()
+			if len(pp.procs) == 0 {
+				pp.steer.close()
+			}
+			pp.mu.Unlock()
+		}
+	}()
 	pp.drainOnce.Do(func() {
 		pp.mu.Lock()
+		handedOver := pp.steer != nil && !pp.steer.live
 		close(pp.draining)
 		var procs []*workerProc
 		for i := range pp.slots {
@@ -509,7 +623,11 @@ func (pp *procPool) drain(ctx context.Context) error {
 		}
 		pp.mu.Unlock()
 		for _, p := range procs {
-			pp.stopProc(p, 0)
+			if handedOver {
+				go pp.retire(ctx, p, 0)
+			} else {
+				pp.stopProc(p, 0)
+			}
 		}
 	})
 	done := make(chan struct{})
@@ -585,9 +703,23 @@ func (p *workerProc) openGate() {
 // setPublish turns the writing of the workers PID file on (once this
 // generation is ready, or again after a failed upgrade) or off (while a
 // new generation takes over: the file becomes its own).
+//
+// With kernel steering it also hands the program over: off, at the start
+// of an upgrade, this generation leaves it to the new one and tells it
+// which socket sets its workers hold; on, this generation steers again
+// (it is ready, or its upgrade failed).
 func (pp *procPool) setPublish(on bool) {
 	pp.mu.Lock()
 	defer pp.mu.Unlock()
+	if st := pp.steer; st != nil {
+		st.live = on
+		if on {
+			st.last = "" // the other generation may have set its own
+			pp.steerLocked()
+		} else {
+			os.Setenv(steerHeldEnv, st.heldLocked(pp.keptLocked()))
+		}
+	}
 	pp.publish = on
 	pp.writePIDsLocked()
 }

@@ -28,7 +28,7 @@ const listenPIDWrapper = `LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"`
 // not see: tableflip's parent marker, systemd's socket activation and
 // notification variables meant for the master, and the worker marker.
 var masterOnlyEnv = []string{
-	tableflipParentEnv, workerEnv,
+	tableflipParentEnv, workerEnv, steerHeldEnv,
 	"LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID",
 	"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
 }

@@ -119,6 +119,15 @@ type Options struct {
 	// starts its own build again on the sockets (probation.go). An
 	// upgrade asked during the probation waits for its end.
 	Probation time.Duration
+	// KernelSteering, in process mode on Linux, gives each worker process
+	// TCP sockets of its own in one SO_REUSEPORT group per address and
+	// steers new connections in the kernel to ready workers only; a
+	// retiring worker is signalled once the kernel says it holds no
+	// connection (steering.go). Workers need no drain code and no accept
+	// gate. Where it cannot work (not Linux, a non-TCP socket, a
+	// probation), one log line says so and workers share the sockets.
+	// It sets the ListenConfig when that is nil.
+	KernelSteering bool
 }
 
 // Upgrader runs one generation of a service: it owns the listeners, which
@@ -207,6 +216,9 @@ func New(opts Options) (*Upgrader, error) {
 	}
 	if opts.WorkerMode == "" {
 		opts.WorkerMode = GoroutineWorkers
+	}
+	if opts.KernelSteering && opts.ListenConfig == nil {
+		opts.ListenConfig = steerListenConfig()
 	}
 	if opts.WorkersPIDFile == "" && opts.PIDFile != "" {
 		opts.WorkersPIDFile = workersPIDFile(opts.PIDFile)

@@ -130,6 +130,7 @@ func runMaster(c *cli.Context) error {
 		UpgradeTimeout:   c.Duration("upgrade-timeout"),
 		DrainTimeout:     c.Duration("drain-timeout"),
 		Probation:        c.Duration("probation"),
+		KernelSteering:   true,
 		Version:          buildVersion(),
 		Logger:           log,
 	})

@@ -1,0 +1,6 @@
+package upgrader
+
+import "net"
+
+// steerListenConfig: no kernel steering on Windows.
+func steerListenConfig() *net.ListenConfig { return nil }
