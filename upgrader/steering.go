@@ -327,4 +327,3 @@ func (st *steering) waitIdle(ctx context.Context, p *workerProc) int {
 		}
 	}
 }
-
