@@ -12,7 +12,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/template"
@@ -30,6 +32,7 @@ const (
 	kindBaseline  = "baseline"  // bare net/http, no upgrade
 	kindTableflip = "tableflip" // SIGHUP; ready when the PID file names the new pid
 	kindHandoff   = "handoff"   // control socket, as handoff reload and verify do
+	kindRun       = "run"       // handoff run over an app; control socket too
 	kindNode      = "node"      // SIGUSR2 to the cluster master; it logs the roll
 	kindNginx     = "nginx"     // nginx -s reload; ready when the new workers run
 )
@@ -53,6 +56,7 @@ var contenders = []contender{
 	{Name: "handoff", Kind: kindHandoff, About: "examples/hello, goroutine workers (default), upgraded through the control socket"},
 	{Name: "handoff-process", Kind: kindHandoff, Args: []string{"--worker-mode", "process"}, NeedsFlag: "worker-mode",
 		About: "examples/hello --worker-mode process, upgraded through the control socket"},
+	{Name: "handoff-run-node", Kind: kindRun, About: "handoff run --workers NumCPU -- node examples/node/app.js: the seed's 7-line app, unmodified but for listen({fd: 3}), with kernel steering; upgraded through the control socket (new master, new workers)"},
 	{Name: "node-cluster", Kind: kindNode, About: "Node.js cluster: a worker per CPU, SIGUSR2 replaces them one at a time"},
 	{Name: "nginx", Kind: kindNginx, About: "nginx-light, return 200, a worker per CPU, nginx -s reload"},
 }
@@ -68,7 +72,7 @@ type env struct {
 // available says why c cannot run here, or "" if it can.
 func (e *env) available(c contender) string {
 	switch c.Kind {
-	case kindNode:
+	case kindNode, kindRun:
 		if _, err := exec.LookPath("node"); err != nil {
 			return "node is not installed"
 		}
@@ -94,6 +98,8 @@ func (e *env) bin(c contender) string {
 		return filepath.Join(e.binDir, "tableflip")
 	case kindHandoff:
 		return filepath.Join(e.binDir, "hello")
+	case kindRun:
+		return filepath.Join(e.binDir, "handoff")
 	case kindNode:
 		return "node"
 	case kindNginx:
@@ -139,6 +145,12 @@ func (e *env) start(ctx context.Context, c contender) (*instance, error) {
 	case kindHandoff:
 		in.pidfile = filepath.Join(dir, "run", "hello.pid")
 		args = []string{"--listen", addr, "--pidfile", in.pidfile}
+		in.trigger = in.handoffTrigger()
+	case kindRun:
+		in.pidfile = filepath.Join(dir, "run", "node.pid")
+		app := filepath.Join(filepath.Dir(filepath.Dir(e.srcDir)), "examples", "node", "app.js")
+		args = []string{"run", "--listen", "tcp://" + addr, "--workers", strconv.Itoa(runtime.NumCPU()), "--pidfile", in.pidfile,
+			"--ready", "delay:200ms", "--", "node", app}
 		in.trigger = in.handoffTrigger()
 	case kindNode:
 		args = []string{filepath.Join(e.srcDir, "node-cluster", "cluster.js"), "--listen", addr}

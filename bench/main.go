@@ -332,6 +332,7 @@ func pickLoaders(cfg config, tmp string) (newConn, keepAlive loader) {
 func buildContenders(ctx context.Context, dir string) error {
 	for _, b := range []struct{ out, pkg string }{
 		{"hello", "./examples/hello"},
+		{"handoff", "./cmd/handoff"},
 		{"baseline", "./bench/contenders/baseline"},
 		{"tableflip", "./bench/contenders/tableflip"},
 	} {
@@ -415,6 +416,8 @@ func triggerName(kind string) string {
 		return "SIGHUP; ready = PID file names the new pid"
 	case kindHandoff:
 		return "control socket (handoff reload); ready = PID file names the new pid"
+	case kindRun:
+		return "control socket (handoff reload): new master, new workers; ready = PID file names the new pid"
 	case kindNode:
 		return "SIGUSR2; ready = last replacement worker listening"
 	case kindNginx:

@@ -355,6 +355,10 @@ func (rep *report) latencyRow(contender string) (latencyRow, bool) {
 func (rep *report) targets() []targetRow {
 	var out []targetRow
 	for _, c := range rep.Contenders {
+		if c.Kind == kindRun {
+			out = append(out, rep.runTargets(c)...)
+			continue
+		}
 		if c.Kind != kindHandoff {
 			continue
 		}
@@ -624,4 +628,36 @@ func cmpFloat(a, b float64) int {
 		return 1
 	}
 	return 0
+}
+
+// runTargets checks handoff run with the unmodified app against the
+// Node.js cluster runner it replaces: zero failed requests, and at least
+// 1.3 × its requests/s through reloads, in the same run.
+func (rep *report) runTargets(c contender) []targetRow {
+	var out []targetRow
+	add := func(target, measured string, met bool) {
+		out = append(out, targetRow{Contender: c.Name, Target: target, Measured: measured, Met: met})
+	}
+	var failed int64
+	var runs int
+	for _, r := range rep.Summary {
+		if r.Contender == c.Name {
+			failed += r.Failed
+			runs += r.Runs - r.Errors
+		}
+	}
+	add("zero failed requests in every scenario", fmt.Sprintf("%d failed requests in %d runs", failed, runs), failed == 0 && runs > 0)
+	for _, s := range []string{"upgrades", "upgrades-ka"} {
+		r, ok1 := rep.row(c.Name, s)
+		n, ok2 := rep.row("node-cluster", s)
+		if ok1 && ok2 && n.RPS > 0 {
+			ratio := r.RPS / n.RPS
+			add(fmt.Sprintf("%s: requests/s ≥ 1.3 × the Node.js cluster runner's", s), fmt.Sprintf("%.0f vs %.0f req/s = %.2f ×", r.RPS, n.RPS, ratio), ratio >= 1.3)
+		}
+		if ok1 && ok2 && r.CPUPer1k > 0 && n.CPUPer1k > 0 {
+			add(fmt.Sprintf("%s: server CPU per request vs the Node.js cluster runner (measured, no target)", s),
+				fmt.Sprintf("%s vs %s per 1k requests = %.2f ×", fmtMs(r.CPUPer1k), fmtMs(n.CPUPer1k), float64(r.CPUPer1k)/float64(n.CPUPer1k)), true)
+		}
+	}
+	return out
 }
