@@ -344,3 +344,30 @@ func TestRunSteerWorkerKilled(t *testing.T) {
 	after := load.Run(context.Background(), load.Config{Addr: s.addr, Concurrency: 200, Requests: 2000, MaxDuration: time.Until(deadline(t))})
 	checkLoad(t, after)
 }
+
+// TestRunSteerPortInUse: the sockets have SO_REUSEPORT, yet a second
+// handoff run on the same port fails at once, naming it, as without
+// steering; and a unix socket, which cannot be steered, falls back to
+// shared sockets with one log line.
+func TestRunSteerPortInUse(t *testing.T) {
+	rt := nodeApp(t)
+	s, app := startSteered(t, rt, 1)
+	code, out := runOnce(t, s.dir, handoffBin, "run", "--listen", "tcp://"+s.addr, "--workers", "1",
+		"--pidfile", filepath.Join(s.dir, "run", "second.pid"), "--", rt.argv(app)[0], app)
+	if code == 0 || !strings.Contains(out, "address already in use") || !strings.Contains(out, s.addr) {
+		t.Errorf("second handoff run on %s: exit %d, want an error naming the address in use:\n%s", s.addr, code, out)
+	}
+
+	u := newService(t, handoffBin, "handoff")
+	sock := filepath.Join(u.dir, "app.sock")
+	u.startArgs("run", "--listen", "tcp://"+u.addr, "--listen", "unix://"+sock, "--workers", "1", "--pidfile", u.pidfile,
+		"--ready", "delay:200ms", "--", rt.argv(app)[0], app)
+	u.waitReady()
+	u.log.waitFor(t, 0, "kernel steering off", "is not TCP")
+	if n := strings.Count(u.log.String(), "kernel steering"); n != 1 {
+		t.Errorf("%d log lines about kernel steering, want 1", n)
+	}
+	if code, body, err := u.get("/"); err != nil || code != 200 || body != "Hello, world!" {
+		t.Errorf("GET / without steering = %d %q %v", code, body, err)
+	}
+}

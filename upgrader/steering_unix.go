@@ -40,7 +40,8 @@ func steerListenConfig() *net.ListenConfig {
 
 // probeFree binds a socket to address without SO_REUSEPORT and closes
 // it: that fails with EADDRINUSE if a socket, with SO_REUSEPORT or not,
-// is bound there. It never listens, so no connection comes to it.
+// is bound there (a second instance on the port fails at once, as
+// without steering). It never listens, so no connection comes to it.
 func probeFree(network, address string) error {
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil || ap.Port() == 0 {
@@ -60,6 +61,9 @@ func probeFree(network, address string) error {
 		return nil // the real socket will say
 	}
 	defer unix.Close(fd)
+	// As Go's listeners: connections of an earlier instance in TIME_WAIT
+	// do not hold the port, a socket bound or listening there does.
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
 	if err := unix.Bind(fd, sa); err != nil {
 		return os.NewSyscallError("bind", err)
 	}
