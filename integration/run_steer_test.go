@@ -274,7 +274,7 @@ func TestRunSteerWatch(t *testing.T) {
 // counts as ready.)
 func TestRunSteerFailedUpgrade(t *testing.T) {
 	rt := nodeApp(t)
-	s, app := startSteered(t, rt, 2, "--ready", "delay:3s")
+	s, app := startSteered(t, rt, 2, "--ready", "delay:5s")
 	pid := s.pid()
 	workers := s.checkWorkers(2)
 	abThrough(t, s, "a failed upgrade", func() {
