@@ -578,8 +578,8 @@ func (pp *procPool) retire(ctx context.Context, p *workerProc, killAfter time.Du
 	p.state = stateDraining
 	pp.steerLocked()
 	pp.mu.Unlock()
-	if held := pp.steer.waitIdle(ctx, p); held > 0 {
-		pp.log.Warn("worker still holds connections at its drain timeout, signalling it", "worker", p.id, "worker_pid", p.pid, "held", held, "timeout", time.Since(start).Round(time.Millisecond))
+	if held, idle := pp.steer.waitIdle(ctx, p); !idle {
+		pp.log.Warn("worker not idle at its drain timeout, signalling it", "worker", p.id, "worker_pid", p.pid, "held", held, "timeout", time.Since(start).Round(time.Millisecond))
 	} else {
 		pp.log.Info("worker idle, signalling it", "worker", p.id, "worker_pid", p.pid, "waited", time.Since(start).Round(time.Millisecond))
 	}

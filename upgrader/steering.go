@@ -302,9 +302,10 @@ func (st *steering) idle(p *workerProc) (bool, int) {
 	return n == 0, n
 }
 
-// waitIdle waits until p has been idle for retireSettle, has exited, or
-// ctx is done; it returns how many connections p still held then.
-func (st *steering) waitIdle(ctx context.Context, p *workerProc) int {
+// waitIdle waits until p has been idle for retireSettle, or has exited
+// (idle), or ctx is done (not idle); it returns how many connections p
+// held at the last look.
+func (st *steering) waitIdle(ctx context.Context, p *workerProc) (held int, idle bool) {
 	t := time.NewTicker(retirePoll)
 	defer t.Stop()
 	var since time.Time
@@ -316,13 +317,13 @@ func (st *steering) waitIdle(ctx context.Context, p *workerProc) int {
 		case since.IsZero():
 			since = time.Now()
 		case time.Since(since) >= retireSettle:
-			return 0
+			return 0, true
 		}
 		select {
 		case <-p.exited:
-			return 0
+			return 0, true
 		case <-ctx.Done():
-			return n
+			return n, false
 		case <-t.C:
 		}
 	}
