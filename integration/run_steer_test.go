@@ -216,8 +216,8 @@ func listeners(t *testing.T, addr string) int {
 // TestRunSteerReloadsAndRolls: the unmodified app under handoff run with
 // 2 and 4 workers, ab -c 1000 through 5 reloads and 2 rolling restarts:
 // not one request fails. The old workers are all gone after, and the
-// socket group holds no more than two generations' sockets (the sockets
-// of gone workers are reused).
+// socket group holds no more than three generations' sockets (the
+// sockets of gone workers are reused).
 func TestRunSteerReloadsAndRolls(t *testing.T) {
 	for _, tc := range []struct {
 		rt      func(*testing.T) appRuntime
@@ -245,8 +245,11 @@ func TestRunSteerReloadsAndRolls(t *testing.T) {
 					t.Errorf("old worker %d still alive (now %v)", pid, now)
 				}
 			}
-			if n := listeners(t, s.addr); n > 2*tc.workers+1 {
-				t.Errorf("%d listening sockets on the port after 5 reloads and 2 rolls, want at most %d: sockets are not reused", n, 2*tc.workers+1)
+			// As many sockets as workers were ever alive at once: this
+			// generation's, the previous one's still draining, and a
+			// roll's replacements meanwhile.
+			if n := listeners(t, s.addr); n > 3*tc.workers {
+				t.Errorf("%d listening sockets on the port after 5 reloads and 2 rolls, want at most %d: sockets are not reused", n, 3*tc.workers)
 			} else {
 				t.Logf("%d listening sockets in the group", n)
 			}
