@@ -168,8 +168,14 @@ func (a *abRun) finish(what string) {
 // where it left off. Every run must complete every request with a 2xx.
 func abThrough(t *testing.T, s *service, what string, ops ...func()) {
 	t.Helper()
+	abThroughN(t, s, steerAB(t), what, ops...)
+}
+
+// abThroughN is abThrough with runs of n requests.
+func abThroughN(t *testing.T, s *service, n int, what string, ops ...func()) {
+	t.Helper()
 	for run := 1; len(ops) > 0; run++ {
-		a := startAB(t, s, steerAB(t), 1000)
+		a := startAB(t, s, n, 1000)
 		for len(ops) > 0 && a.tick() {
 			ops[0]()
 			ops = ops[1:]
@@ -222,7 +228,8 @@ func TestRunSteerReloadsAndRolls(t *testing.T) {
 	for _, tc := range []struct {
 		rt      func(*testing.T) appRuntime
 		workers int
-	}{{nodeApp, 2}, {nodeApp, 4}, {pyApp, 2}} {
+		share   int // of steerAB's requests per ab run: Python's server is slow
+	}{{nodeApp, 2, 1}, {nodeApp, 4, 1}, {pyApp, 2, 4}} {
 		rt := tc.rt(t)
 		t.Run(fmt.Sprintf("%s-%d-workers", rt.name, tc.workers), func(t *testing.T) {
 			s, _ := startSteered(t, rt, tc.workers)
@@ -237,7 +244,7 @@ func TestRunSteerReloadsAndRolls(t *testing.T) {
 					old = append(old, s.workerPIDs()...)
 				})
 			}
-			abThrough(t, s, "5 reloads and 2 rolling restarts", ops...)
+			abThroughN(t, s, max(steerAB(t)/tc.share, 1000), "5 reloads and 2 rolling restarts", ops...)
 			s.log.waitFor(t, 0, "previous generation exited", "generation=6")
 			now := s.checkWorkers(tc.workers)
 			for _, pid := range old {
