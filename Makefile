@@ -5,6 +5,7 @@
 #   make releases list the releases, the serving one marked
 #   make test     vet + race tests, integration tests included (what CI runs)
 #   make bench    handoff beside tableflip, Node.js cluster and nginx; report in bench/results/
+#   make mutate   mutation testing of package upgrader against its unit tests; report in docs/mutation/
 
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -15,7 +16,7 @@ DEPLOYDIR ?= deploy
 KEEP      ?= 5
 export DEPLOYDIR PIDFILE KEEP
 
-.PHONY: all build run deploy deploy-check rollback releases test test-short lint bench soak fuzz clean
+.PHONY: all build run deploy deploy-check rollback releases test test-short lint bench soak fuzz mutate clean
 
 all: build
 
@@ -69,6 +70,29 @@ FUZZTIME ?= 60s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./internal/control/
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePIDs$$' -fuzztime $(FUZZTIME) ./upgrader/
+
+# Mutation testing (gremlins) of the drain, the handover, probation and the
+# supervisors, against the unit tests of ./upgrader (not the integration
+# suite). GOFLAGS=-count=1 makes gremlins time its coverage run for real, not
+# from the test cache: that time times MUTATE_COEFFICIENT bounds each mutant's
+# test run (a mutant that makes a test hang is TIMED OUT); MUTATE_TIMEOUT
+# bounds the whole run. Report: docs/mutation/upgrader.{txt,json}.
+GREMLINS_VERSION   ?= v0.6.0
+GREMLINS           ?= $(shell $(GO) env GOPATH)/bin/gremlins
+MUTATE_OUT         ?= docs/mutation
+MUTATE_COEFFICIENT ?= 30
+MUTATE_TIMEOUT     ?= 45m
+mutate:
+	@$(GO) version -m $(GREMLINS) 2>/dev/null | grep -q 'go-gremlins/gremlins[[:space:]]*$(GREMLINS_VERSION)' || \
+		$(GO) install github.com/go-gremlins/gremlins/cmd/gremlins@$(GREMLINS_VERSION)
+	@mkdir -p $(MUTATE_OUT)
+	GOFLAGS=-count=1 timeout $(MUTATE_TIMEOUT) $(GREMLINS) unleash --invert-logical \
+		--timeout-coefficient $(MUTATE_COEFFICIENT) -o $(MUTATE_OUT)/upgrader.json ./upgrader > $(MUTATE_OUT)/upgrader.log 2>&1
+	@{ grep -E '^ *(KILLED|LIVED|TIMED OUT|NOT COVERED|NOT VIABLE|SKIPPED) ' $(MUTATE_OUT)/upgrader.log | \
+		awk '{print $$NF "\t" $$0}' | sort -V | cut -f2-; \
+		grep -vE '^ *(KILLED|LIVED|TIMED OUT|NOT COVERED|NOT VIABLE|SKIPPED) ' $(MUTATE_OUT)/upgrader.log; } > $(MUTATE_OUT)/upgrader.txt
+	@rm $(MUTATE_OUT)/upgrader.log
+	@grep -A20 'Mutation testing completed' $(MUTATE_OUT)/upgrader.txt; grep -E '^ *LIVED' $(MUTATE_OUT)/upgrader.txt || true
 
 clean:
 	rm -rf bin run $(DEPLOYDIR)
