@@ -5,7 +5,13 @@ package upgrader
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -353,5 +359,62 @@ func TestCloseAllCutsEveryConn(t *testing.T) {
 	}
 	if n := srv.openConns(); n != 0 {
 		t.Errorf("%d connections still tracked", n)
+	}
+}
+
+// tlsPair returns the server end of a TLS connection over a socket pair,
+// its handshake done with the ALPN protocol proto negotiated.
+func tlsPair(t *testing.T, proto string) *tls.Conn {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := socketPair(t)
+	srv := tls.Server(a, &tls.Config{
+		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
+		NextProtos:   []string{proto},
+	})
+	cli := tls.Client(b, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{proto}})
+	errc := make(chan error, 1)
+	go func() { errc <- cli.Handshake() }()
+	if err := srv.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if got := srv.ConnectionState().NegotiatedProtocol; got != proto {
+		t.Fatalf("negotiated %q, want %q", got, proto)
+	}
+	return srv
+}
+
+// TestCloseIdleLeavesHTTP2ToShutdown: an HTTP/2 connection is not the
+// HTTP/1 drain's to close or count, whatever its state (Shutdown sends it
+// GOAWAY); an idle HTTP/1.1 connection over TLS is closed past its grace
+// like any other.
+func TestCloseIdleLeavesHTTP2ToShutdown(t *testing.T) {
+	h2, h1 := tlsPair(t, "h2"), tlsPair(t, "http/1.1")
+	srv := &HTTPServer{IdleGrace: time.Millisecond, conns: make(map[net.Conn]connInfo)}
+	long := time.Now().Add(-time.Hour)
+	srv.conns[h2] = connInfo{state: http.StateIdle, since: long}
+	srv.conns[h1] = connInfo{state: http.StateIdle, since: long}
+	if left := srv.closeIdle(long); left != 0 {
+		t.Errorf("closeIdle counted %d HTTP/1 connections left, want 0 (the HTTP/2 one is Shutdown's)", left)
+	}
+	if isClosed(h2) {
+		t.Error("HTTP/2 connection closed by the HTTP/1 drain")
+	}
+	if _, ok := srv.conns[h2]; !ok {
+		t.Error("HTTP/2 connection no longer tracked")
+	}
+	if !isClosed(h1) {
+		t.Error("idle HTTP/1.1 connection over TLS left open past its grace")
 	}
 }
