@@ -273,6 +273,7 @@ type closeIdleCase struct {
 	since   time.Duration // state change, relative to the drain's start
 	check   time.Duration // when closeIdle runs, relative to the drain's start
 	pending bool          // bytes wait in its receive buffer
+	hungUp  bool          // the peer has closed its end: EOF waits, no byte
 	closed  bool          // want: closed by this round
 }
 
@@ -291,6 +292,7 @@ func TestCloseIdle(t *testing.T) {
 		{name: "idle since after drain start", state: http.StateIdle, since: time.Minute, check: time.Minute + grace - time.Nanosecond},
 		{name: "idle since after drain start, at grace", state: http.StateIdle, since: time.Minute, check: time.Minute + grace, closed: true},
 		{name: "idle past grace with a request waiting", state: http.StateIdle, check: time.Hour, pending: true},
+		{name: "idle past grace, the client gone (EOF is no request)", state: http.StateIdle, check: grace, hungUp: true, closed: true},
 		{name: "new within its grace", state: http.StateNew, check: newConnGrace - time.Nanosecond},
 		{name: "new past idle grace, within its own", state: http.StateNew, check: grace},
 		{name: "new at its grace", state: http.StateNew, check: newConnGrace, closed: true},
@@ -304,6 +306,9 @@ func TestCloseIdle(t *testing.T) {
 				c, peer := socketPair(t)
 				if tc.pending {
 					io.WriteString(peer, "GET / HTTP/1.1\r\n")
+				}
+				if tc.hungUp {
+					peer.Close()
 				}
 				// A busy neighbour, always left open, so that left
 				// counts more than the case's own connection.
