@@ -73,26 +73,38 @@ fuzz:
 
 # Mutation testing (gremlins) of the drain, the handover, probation and the
 # supervisors, against the unit tests of ./upgrader (not the integration
-# suite). GOFLAGS=-count=1 makes gremlins time its coverage run for real, not
-# from the test cache: that time times MUTATE_COEFFICIENT bounds each mutant's
-# test run (a mutant that makes a test hang is TIMED OUT); MUTATE_TIMEOUT
-# bounds the whole run. Report: docs/mutation/upgrader.{txt,json}.
+# suite); docs/testing.md explains the report. GOFLAGS=-count=1 makes
+# gremlins time its coverage run for real, not from the test cache: that
+# time times MUTATE_COEFFICIENT bounds each mutant's test run (a mutant that
+# makes a test hang is TIMED OUT); MUTATE_TIMEOUT bounds the whole run (about
+# 45 minutes on 2 busy cores). MUTATE_FLAGS adds gremlins flags, e.g.
+# --exclude-files 'stderr\.go' to run a part. Report: docs/mutation/upgrader.txt,
+# one line a mutant (sorted by position) and the counts, computed from those
+# lines even if the run was cut short.
 GREMLINS_VERSION   ?= v0.6.0
 GREMLINS           ?= $(shell $(GO) env GOPATH)/bin/gremlins
 MUTATE_OUT         ?= docs/mutation
 MUTATE_COEFFICIENT ?= 30
-MUTATE_TIMEOUT     ?= 45m
+MUTATE_TIMEOUT     ?= 70m
+MUTATE_FLAGS       ?=
+MUTANT_LINE         = ^ *(KILLED|LIVED|TIMED OUT|NOT COVERED|NOT VIABLE|SKIPPED) 
 mutate:
 	@$(GO) version -m $(GREMLINS) 2>/dev/null | grep -q 'go-gremlins/gremlins[[:space:]]*$(GREMLINS_VERSION)' || \
 		$(GO) install github.com/go-gremlins/gremlins/cmd/gremlins@$(GREMLINS_VERSION)
 	@mkdir -p $(MUTATE_OUT)
+	@start=$$(date +%s); \
 	GOFLAGS=-count=1 timeout $(MUTATE_TIMEOUT) $(GREMLINS) unleash --invert-logical \
-		--timeout-coefficient $(MUTATE_COEFFICIENT) -o $(MUTATE_OUT)/upgrader.json ./upgrader > $(MUTATE_OUT)/upgrader.log 2>&1
-	@{ grep -E '^ *(KILLED|LIVED|TIMED OUT|NOT COVERED|NOT VIABLE|SKIPPED) ' $(MUTATE_OUT)/upgrader.log | \
-		awk '{print $$NF "\t" $$0}' | sort -V | cut -f2-; \
-		grep -vE '^ *(KILLED|LIVED|TIMED OUT|NOT COVERED|NOT VIABLE|SKIPPED) ' $(MUTATE_OUT)/upgrader.log; } > $(MUTATE_OUT)/upgrader.txt
-	@rm $(MUTATE_OUT)/upgrader.log
-	@grep -A20 'Mutation testing completed' $(MUTATE_OUT)/upgrader.txt; grep -E '^ *LIVED' $(MUTATE_OUT)/upgrader.txt || true
+		--timeout-coefficient $(MUTATE_COEFFICIENT) $(MUTATE_FLAGS) ./upgrader > $(MUTATE_OUT)/upgrader.log 2>&1; \
+	rc=$$?; \
+	{ echo "# make mutate: gremlins $(GREMLINS_VERSION) --invert-logical --timeout-coefficient $(MUTATE_COEFFICIENT) $(MUTATE_FLAGS) ./upgrader"; \
+	  echo "# $$(date -u '+%Y-%m-%d %H:%M UTC'), commit $$(git rev-parse --short HEAD), wall $$(( $$(date +%s) - start )) s, exit $$rc"; \
+	  grep -E '$(MUTANT_LINE)' $(MUTATE_OUT)/upgrader.log | awk '{print $$NF "\t" $$0}' | sort -V | cut -f2- | \
+		awk '{print} / KILLED /{k++} / LIVED /{l++} / TIMED OUT /{t++} / NOT COVERED /{n++} \
+		END {printf "\nkilled %d, lived %d, timed out %d, not covered %d\n", k, l, t, n; \
+		if (k+l) printf "test efficacy %.2f%% (killed / (killed + lived)), mutant coverage %.2f%% ((killed + lived) / (killed + lived + not covered))\n", 100*k/(k+l), 100*(k+l)/(k+l+n)}'; \
+	} > $(MUTATE_OUT)/upgrader.txt; \
+	rm $(MUTATE_OUT)/upgrader.log; \
+	tail -2 $(MUTATE_OUT)/upgrader.txt; grep -E '^ *LIVED' $(MUTATE_OUT)/upgrader.txt || true
 
 clean:
 	rm -rf bin run $(DEPLOYDIR)
