@@ -1,0 +1,86 @@
+//go:build linux
+
+package upgrader
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestGenerationDrain: the generation's drain tells a drain after an
+// upgrade from a final stop by the phase the upgrade left. After an
+// upgrade it leaves its drain record for the next generation's metrics,
+// keeps the PID file (the new generation's now) and, with a probation,
+// stands by. A final stop tells systemd it stops, removes the PID file
+// that names it, and never stands by.
+func TestGenerationDrain(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		phase     string
+		probation time.Duration
+		final     bool
+		standing  bool
+	}{
+		{name: "after an upgrade", phase: "draining"},
+		{name: "after an upgrade, on probation", phase: "draining", probation: time.Minute, standing: true},
+		{name: "final stop", phase: "ready", final: true},
+		{name: "final stop with a probation set", phase: "ready", probation: time.Minute, final: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			notify := standInNotify(t)
+			u, _ := probationUpgrader(t, tc.probation)
+			u.opts.PIDFile = filepath.Join(t.TempDir(), "app.pid")
+			u.opts.DrainTimeout = 10 * time.Second
+			u.drainSt = newDrainState()
+			u.force = make(chan struct{})
+			u.phase.Store(tc.phase)
+			if err := WritePIDFile(u.opts.PIDFile, os.Getpid()); err != nil {
+				t.Fatal(err)
+			}
+			if err := u.state.write(genState{PID: os.Getpid() + 1}); err != nil {
+				t.Fatal(err)
+			}
+			p := newPool(1, serveUntilClosed, []net.Listener{newFakeListener()}, nil, discardLogger(), nil)
+			p.start()
+			<-p.readyC
+
+			if err := u.drain(p, nil); err != nil {
+				t.Fatal(err)
+			}
+			if !isClosedChan(u.drainSt.done) {
+				t.Error("drain state not done after the drain")
+			}
+			st, err := u.state.read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if recorded := st.Drain != nil && st.Drain.PID == os.Getpid(); recorded == tc.final {
+				t.Errorf("drain record %+v; want one only after an upgrade", st.Drain)
+			}
+			_, err = os.Stat(u.opts.PIDFile)
+			if kept := err == nil; kept == tc.final {
+				t.Errorf("PID file kept %v, want kept only after an upgrade (stat: %v)", kept, err)
+			}
+			if got := u.phase.Load() == "stopping"; got != tc.final {
+				t.Errorf("phase %v, want stopping only on a final stop", u.phase.Load())
+			}
+			if got := u.standing.Load(); got != tc.standing {
+				t.Errorf("standing by %v, want %v", got, tc.standing)
+			}
+			if tc.final {
+				if msg := nextNotification(t, notify); !strings.HasPrefix(msg, "STOPPING=1") {
+					t.Errorf("told systemd %q, want STOPPING=1", msg)
+				}
+			} else {
+				notify.SetReadDeadline(time.Now())
+				if _, err := notify.Read(make([]byte, 64)); err == nil {
+					t.Error("a drain after an upgrade told systemd something")
+				}
+			}
+		})
+	}
+}
