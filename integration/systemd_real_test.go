@@ -30,6 +30,7 @@ type sdApp struct {
 	unit string // the service unit's name
 
 	node, socket bool
+	json         bool      // the service logs JSON
 	pidfile      string    // inside the namespace
 	log          *logWatch // the unit's journal since install
 	cursor       string    // the journal's cursor at install
@@ -181,17 +182,19 @@ func (c sdCase) run(t *testing.T, sd *realSystemd, stopRuns int) {
 
 	// Reloads under load: two good builds and a bad one between them.
 	l := a.load()
-	a.upgrade(helloV2, 2)
+	a.upgrade(helloV2)
 	a.badReload()
-	a.upgrade(helloV1, 3)
+	a.upgrade(helloV1)
 	a.waitProcs(base)
+	t.Logf("reloads done")
 	l.finish()
+	a.wantGeneration(3)
 
 	a.stopInFlight()
 	for i := 1; i < stopRuns; i++ {
 		a.start()
-		a.upgrade(helloV2, 2)
-		a.upgrade(helloV1, 3)
+		a.upgrade(helloV2)
+		a.upgrade(helloV1)
 		a.waitProcs(base)
 		a.stopInFlight()
 	}
@@ -206,14 +209,17 @@ func (c sdCase) run(t *testing.T, sd *realSystemd, stopRuns int) {
 
 	// kill -9 of the serving generation after an upgrade.
 	a.start()
-	a.upgrade(helloV2, 2)
+	a.upgrade(helloV2)
 	a.waitProcs(base)
+	a.wantGeneration(2)
 	a.killServing()
 
 	// systemctl restart.
 	before := sd.show(a.unit, "MainPID")["MainPID"]
+	from := a.log.len()
 	sd.must("systemctl", "restart", a.unit)
 	sd.waitUnit(a.unit, map[string]string{"ActiveState": "active", "SubState": "running"})
+	a.waitReady(from)
 	if sd.show(a.unit, "MainPID")["MainPID"] == before {
 		t.Errorf("systemctl restart: main pid still %s", before)
 	}
@@ -242,7 +248,9 @@ func (a *sdApp) install(c sdCase) {
 		if b, _ := os.ReadFile(filepath.Join("..", "examples", "systemd", c.unit)); strings.Contains(string(b), "127.0.0.1:9090") {
 			rewrites = append(rewrites, "127.0.0.1:9090", freeAddr(t))
 		}
-		a.sd.installUnit(a.unit, a.shipped(c.unit, append(rewrites, c.extra...)...))
+		text := a.shipped(c.unit, append(rewrites, c.extra...)...)
+		a.json = strings.Contains(text, "--log-format json")
+		a.sd.installUnit(a.unit, text)
 	}
 	if c.socket {
 		a.sd.installUnit("hello.socket", a.shipped("hello.socket", "127.0.0.1:8080", a.addr))
@@ -279,11 +287,26 @@ func (sd *realSystemd) cursor() string {
 }
 
 // start starts the unit, which must then serve.
+// With Type=exec (hello-pidfile.service) the unit is active once hello
+// runs, before it serves: start waits for its "ready" line too.
 func (a *sdApp) start() {
 	a.t.Helper()
+	from := a.log.len()
 	a.sd.must("systemctl", "start", a.unit)
 	a.sd.waitUnit(a.unit, map[string]string{"ActiveState": "active", "SubState": "running"})
+	a.waitReady(from)
 	a.wantServes()
+}
+
+// waitReady waits for a first generation's "ready" line in the unit's
+// journal after line from.
+func (a *sdApp) waitReady(from int) {
+	a.t.Helper()
+	if a.json {
+		a.log.waitFor(a.t, from, `"msg":"ready"`, `"generation":1,`)
+	} else {
+		a.log.waitFor(a.t, from, "msg=ready", "generation=1 ")
+	}
 }
 
 // load puts 200 clients on the application until finished.
@@ -292,9 +315,8 @@ func (a *sdApp) load() *loadRun {
 }
 
 // upgrade installs bin (hello; app.service's workers start from
-// server.js as it is) and reloads through systemctl, which must succeed;
-// hello must then serve as generation gen.
-func (a *sdApp) upgrade(bin string, gen int) {
+// server.js as it is) and reloads through systemctl, which must succeed.
+func (a *sdApp) upgrade(bin string) {
 	t := a.t
 	t.Helper()
 	if a.node {
@@ -305,11 +327,18 @@ func (a *sdApp) upgrade(bin string, gen int) {
 	if code, out := a.sd.systemctl("reload", a.unit); code != 0 {
 		t.Fatalf("systemctl reload %s: exit %d\n%s", a.unit, code, out)
 	}
-	if !a.node {
-		code, body, err := a.get("/healthz")
-		if err != nil || code != 200 || !strings.Contains(body, fmt.Sprintf("generation=%d", gen)) {
-			t.Fatalf("after systemctl reload: GET /healthz = %d %q %v, want generation %d", code, body, err, gen)
-		}
+}
+
+// wantGeneration: hello serves as generation gen, once the previous one
+// has exited (app.service: not checked).
+func (a *sdApp) wantGeneration(gen int) {
+	a.t.Helper()
+	if a.node {
+		return
+	}
+	code, body, err := a.get("/healthz")
+	if err != nil || code != 200 || !strings.Contains(body, fmt.Sprintf("generation=%d ", gen)) {
+		a.t.Fatalf("GET /healthz = %d %q %v, want generation %d", code, body, err, gen)
 	}
 }
 
@@ -394,7 +423,7 @@ func (a *sdApp) probationRestore() {
 	t := a.t
 	t.Helper()
 	from := a.log.len()
-	a.upgrade(helloV2, 2)
+	a.upgrade(helloV2)
 	pid := a.pidInFile()
 	a.sd.must("kill", "-9", strconv.Itoa(pid))
 	a.log.waitFor(t, from, "NEW GENERATION DIED ON PROBATION")
@@ -416,7 +445,9 @@ func (a *sdApp) killServing() {
 	}
 	a.sd.must("kill", "-9", before["MainPID"])
 	n, _ := strconv.Atoi(before["NRestarts"])
+	from := a.log.len()
 	a.sd.waitUnit(a.unit, map[string]string{"NRestarts": strconv.Itoa(n + 1), "ActiveState": "active", "SubState": "running"})
+	a.waitReady(from)
 	if pid := a.sd.show(a.unit, "MainPID")["MainPID"]; pid == before["MainPID"] {
 		t.Fatalf("restarted with the killed main pid %s", pid)
 	}
