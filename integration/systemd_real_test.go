@@ -18,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gohandoff/handoff/internal/load"
 )
 
 // sdApp is an application installed for a real systemd: its folder (the
@@ -35,6 +37,7 @@ type sdApp struct {
 	log          *logWatch // the unit's journal since install
 	cursor       string    // the journal's cursor at install
 	stops        int       // stops with a request in flight that passed
+	since        time.Time // the end of the last phase
 }
 
 // newSdApp makes a folder for an application under the real systemd's
@@ -176,6 +179,7 @@ func (c sdCase) run(t *testing.T, sd *realSystemd, stopRuns int) {
 		unit = "app.service"
 	}
 	a := newSdApp(t, sd, unit)
+	a.since = time.Now()
 	a.install(c)
 	a.start()
 	base := len(a.procs())
@@ -186,8 +190,8 @@ func (c sdCase) run(t *testing.T, sd *realSystemd, stopRuns int) {
 	a.badReload()
 	a.upgrade(helloV1)
 	a.waitProcs(base)
-	t.Logf("reloads done")
 	l.finish()
+	a.phase("start, reloads under load")
 	a.wantGeneration(3)
 
 	a.stopInFlight()
@@ -198,6 +202,7 @@ func (c sdCase) run(t *testing.T, sd *realSystemd, stopRuns int) {
 		a.waitProcs(base)
 		a.stopInFlight()
 	}
+	a.phase("stops")
 	t.Logf("stops after upgrades: %d of %d with the request in flight answered and the unit inactive with Result=success", a.stops, stopRuns)
 
 	if c.restore {
@@ -205,6 +210,7 @@ func (c sdCase) run(t *testing.T, sd *realSystemd, stopRuns int) {
 		a.probationRestore()
 		a.waitProcs(base)
 		a.stopInFlight()
+		a.phase("probation restore and stop")
 	}
 
 	// kill -9 of the serving generation after an upgrade.
@@ -213,6 +219,7 @@ func (c sdCase) run(t *testing.T, sd *realSystemd, stopRuns int) {
 	a.waitProcs(base)
 	a.wantGeneration(2)
 	a.killServing()
+	a.phase("kill -9")
 
 	// systemctl restart.
 	before := sd.show(a.unit, "MainPID")["MainPID"]
@@ -224,7 +231,15 @@ func (c sdCase) run(t *testing.T, sd *realSystemd, stopRuns int) {
 		t.Errorf("systemctl restart: main pid still %s", before)
 	}
 	a.wantServes()
+	a.phase("restart")
 	a.wantJournal()
+}
+
+// phase logs how long the last phase of the case took.
+func (a *sdApp) phase(name string) {
+	now := time.Now()
+	a.t.Logf("%s: %s", name, now.Sub(a.since).Round(time.Millisecond))
+	a.since = now
 }
 
 // install writes the case's unit files and the application.
@@ -257,10 +272,12 @@ func (a *sdApp) install(c sdCase) {
 		t.Cleanup(func() { a.sd.removeUnit("hello.socket") })
 		a.sd.must("systemctl", "start", "hello.socket")
 	}
-	// The unit's journal as it comes, to wait for a line.
+	// The unit's journal as it comes, to wait for a line: every line
+	// after the cursor, however late journalctl starts to follow.
+	a.cursor = a.sd.cursor()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, "nsenter", "-t", strconv.Itoa(a.sd.pid), "-m", "-p", "--",
-		"journalctl", "-f", "-n", "0", "-o", "cat", "-u", a.unit)
+		"journalctl", "-f", "--after-cursor", a.cursor, "-o", "cat", "-u", a.unit)
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -272,7 +289,6 @@ func (a *sdApp) install(c sdCase) {
 	pw.Close()
 	a.log = newLogWatch(pr)
 	t.Cleanup(func() { cancel(); cmd.Wait() })
-	a.cursor = a.sd.cursor()
 }
 
 // cursor returns the journal's cursor now.
@@ -309,9 +325,21 @@ func (a *sdApp) waitReady(from int) {
 	}
 }
 
-// load puts 200 clients on the application until finished.
+// load puts 50 clients on the application (POSTs and GETs, a connection
+// per request, every failure counted) until finished, and returns once
+// they have completed 200 requests.
 func (a *sdApp) load() *loadRun {
-	return runLoad(a.t, &service{t: a.t, addr: a.addr}, false)
+	t := a.t
+	t.Helper()
+	l := &loadRun{t: t, done: make(chan struct{})}
+	out := make(chan load.Result, 1)
+	l.results = out
+	cfg := load.Config{Addr: a.addr, Concurrency: 50, Requests: 500, Until: l.done,
+		MaxDuration: time.Until(deadline(t)), PostEvery: 2, Completed: &l.completed}
+	go func() { out <- load.Run(context.Background(), cfg) }()
+	t.Cleanup(func() { l.stop() })
+	waitCount(t, &l.completed, 200)
+	return l
 }
 
 // upgrade installs bin (hello; app.service's workers start from
