@@ -235,9 +235,17 @@ func (sd *realSystemd) shutdown() {
 	sd.removeCgroup()
 }
 
-// removeCgroup removes the namespace's cgroup, deepest first: it is empty
-// once the namespace is gone.
+// removeCgroup removes the namespace's cgroup, deepest first, once the
+// kernel reports it empty (the namespace's processes may still be exiting).
 func (sd *realSystemd) removeCgroup() {
+	end := time.Now().Add(10 * time.Second)
+	for {
+		ev, err := os.ReadFile(filepath.Join(sd.cg, "cgroup.events"))
+		if err != nil || strings.Contains(string(ev), "populated 0") || time.Now().After(end) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	var dirs []string
 	filepath.WalkDir(sd.cg, func(p string, d os.DirEntry, err error) error {
 		if err == nil && d.IsDir() {

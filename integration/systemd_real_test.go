@@ -133,6 +133,9 @@ type sdCase struct {
 	restore bool   // a probation restore (the unit runs with --probation)
 	// extra rewrites of the unit, beyond paths, addresses and User=.
 	extra []string
+	// stopOnly: start, two upgrades and a stop with a request in flight,
+	// nothing else.
+	stopOnly bool
 }
 
 // The probation of hello.service is 30s as shipped; the test shortens it,
@@ -145,7 +148,15 @@ var sdCases = []sdCase{
 	{name: "socket", unit: "hello.service", socket: true, extra: sdProbation},
 	{name: "processes", unit: "hello.service", extra: []string{"--probation 30s", "--worker-mode process --workers 2"}},
 	{name: "app", unit: "app.service", node: true},
+	// An old unit without ExecStop=: with worker processes, systemd's
+	// SIGTERM to the whole cgroup makes it wait for the cgroup to empty,
+	// so the stop drains anyway.
+	{name: "processes-without-ExecStop", unit: "hello.service", stopOnly: true, extra: []string{
+		"--probation 30s", "--worker-mode process --workers 2", sdExecStop, ""}},
 }
+
+// sdExecStop is hello.service's ExecStop= line, as shipped.
+const sdExecStop = "ExecStop=-/srv/hello/deploy/current/handoff stop --pidfile /run/hello/hello.pid\n"
 
 // TestRealSystemd runs every shipped unit under a real systemd, each
 // through the same scenario under load (every failure counted): start;
@@ -155,8 +166,10 @@ var sdCases = []sdCase{
 // default 1), which must complete, the unit ending inactive with
 // Result=success; a probation restore and a stop after it; a kill -9 of
 // the serving generation after an upgrade, after which Restart=on-failure
-// must restart the unit; systemctl restart; and every generation's lines in
-// the journal, attributed to the unit.
+// must restart the unit; systemctl restart (with socket activation, under
+// load without a failure); and every generation's lines in the journal,
+// attributed to the unit. Last, nothing but journald and the test's units
+// may have been started in the namespace.
 func TestRealSystemd(t *testing.T) {
 	sd := bootSystemd(t)
 	runs := 1
@@ -183,6 +196,13 @@ func (c sdCase) run(t *testing.T, sd *realSystemd, stopRuns int) {
 	a.install(c)
 	a.start()
 	base := len(a.procs())
+	if c.stopOnly {
+		a.upgrade(helloV2)
+		a.upgrade(helloV1)
+		a.waitProcs(base)
+		a.stopInFlight()
+		return
+	}
 
 	// Reloads under load: two good builds and a bad one between them.
 	l := a.load()
@@ -221,7 +241,13 @@ func (c sdCase) run(t *testing.T, sd *realSystemd, stopRuns int) {
 	a.killServing()
 	a.phase("kill -9")
 
-	// systemctl restart.
+	// systemctl restart. With socket activation, under load: connections
+	// wait in the socket's queue while the service restarts, so none
+	// fails. (Without, the port is closed between stop and start.)
+	var rl *loadRun
+	if c.socket {
+		rl = a.load()
+	}
 	before := sd.show(a.unit, "MainPID")["MainPID"]
 	from := a.log.len()
 	sd.must("systemctl", "restart", a.unit)
@@ -230,9 +256,19 @@ func (c sdCase) run(t *testing.T, sd *realSystemd, stopRuns int) {
 	if sd.show(a.unit, "MainPID")["MainPID"] == before {
 		t.Errorf("systemctl restart: main pid still %s", before)
 	}
+	if rl != nil {
+		rl.advance(200)
+		rl.finish()
+	}
 	a.wantServes()
 	a.phase("restart")
 	a.wantJournal()
+
+	// A stop by hand, not through systemd: the service exits 0, systemd
+	// runs ExecStop=, which finds nothing to stop; its "-" keeps the unit
+	// from failing.
+	a.sd.must(a.current("handoff"), "stop", "--pidfile", a.pidfile)
+	sd.waitUnit(a.unit, map[string]string{"ActiveState": "inactive", "Result": "success"})
 }
 
 // phase logs how long the last phase of the case took.
@@ -537,6 +573,9 @@ func (a *sdApp) wantJournal() {
 		if !ready[g] {
 			t.Errorf("no ready line of generation %s in the journal of %s (%d lines of generations)", g, a.unit, lines)
 		}
+	}
+	if !strings.Contains(out, "is not systemd's child") {
+		t.Errorf("no generation started by an upgrade logged that only ExecStop= drains it under systemd")
 	}
 }
 
