@@ -95,14 +95,20 @@ func (a *sdApp) shipped(name string, rewrites ...string) string {
 	return strings.Join(out, "\n")
 }
 
-// procs lists the host pids in the unit's cgroup.
+// procs lists the host pids in the unit's cgroup, but the short-lived
+// systemd-notify a Node worker runs to say it is ready.
 func (a *sdApp) procs() []int {
 	b, _ := os.ReadFile(filepath.Join(a.sd.cg, "system.slice", a.unit, "cgroup.procs"))
 	var pids []int
 	for _, f := range strings.Fields(string(b)) {
-		if p, err := strconv.Atoi(f); err == nil {
-			pids = append(pids, p)
+		p, err := strconv.Atoi(f)
+		if err != nil {
+			continue
 		}
+		if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p)); strings.TrimSpace(string(comm)) == "systemd-notify" {
+			continue
+		}
+		pids = append(pids, p)
 	}
 	return pids
 }
@@ -134,8 +140,8 @@ type sdCase struct {
 	// extra rewrites of the unit, beyond paths, addresses and User=.
 	extra []string
 	// stopOnly: start, two upgrades and a stop with a request in flight,
-	// nothing else.
-	stopOnly bool
+	// nothing else; with wantCut, systemd must cut that request.
+	stopOnly, wantCut bool
 }
 
 // The probation of hello.service is 30s as shipped; the test shortens it,
@@ -153,6 +159,12 @@ var sdCases = []sdCase{
 	// so the stop drains anyway.
 	{name: "processes-without-ExecStop", unit: "hello.service", stopOnly: true, extra: []string{
 		"--probation 30s", "--worker-mode process --workers 2", sdExecStop, ""}},
+	// The same old unit with goroutine workers: what ExecStop= is for.
+	// systemd sends SIGKILL right after SIGTERM to a main process that is
+	// not its child, and cuts the request. If this ever passes, systemd
+	// has changed, and so must docs/operations.md.
+	{name: "goroutines-without-ExecStop", unit: "hello.service", stopOnly: true, wantCut: true, extra: []string{
+		"--probation 30s", "--probation 2s", sdExecStop, ""}},
 }
 
 // sdExecStop is hello.service's ExecStop= line, as shipped.
@@ -200,7 +212,15 @@ func (c sdCase) run(t *testing.T, sd *realSystemd, stopRuns int) {
 		a.upgrade(helloV2)
 		a.upgrade(helloV1)
 		a.waitProcs(base)
-		a.stopInFlight()
+		if !c.wantCut {
+			a.stopInFlight()
+			return
+		}
+		answer, state := a.stopWithRequest()
+		t.Logf("without ExecStop=: the request in flight got %q, the unit ended %s", answer, state)
+		if answer == "200" || !strings.HasPrefix(state, "failed signal") {
+			t.Errorf("without ExecStop=, the stop drained (request: %s; unit: %s): systemd no longer kills a main process that is not its child at once; update docs/operations.md", answer, state)
+		}
 		return
 	}
 
@@ -434,6 +454,27 @@ func (a *sdApp) badReload() {
 // stop, then finishes the request: it must be answered, and the unit must
 // end inactive with Result=success.
 func (a *sdApp) stopInFlight() {
+	a.t.Helper()
+	answer, state := a.stopWithRequest()
+	ok := true
+	if answer != "200" {
+		ok = false
+		a.t.Errorf("request in flight during systemctl stop: %s, want 200", answer)
+	}
+	if state != "inactive success" {
+		ok = false
+		a.t.Errorf("after systemctl stop: %s, want inactive with Result=success", state)
+	}
+	if ok {
+		a.stops++
+	}
+}
+
+// stopWithRequest holds a request on the serving generation, runs
+// systemctl stop, then finishes the request. It returns the answer's
+// status code (or the error) and the unit's ActiveState and Result after
+// the stop.
+func (a *sdApp) stopWithRequest() (answer, state string) {
 	t := a.t
 	t.Helper()
 	conn, err := net.Dial("tcp", a.addr)
@@ -455,29 +496,29 @@ func (a *sdApp) stopInFlight() {
 	stopped := make(chan string, 1)
 	go func() {
 		code, out := a.sd.systemctl("stop", a.unit)
-		stopped <- fmt.Sprintf("exit %d %s", code, out)
+		stopped <- fmt.Sprintf("exit %d %s", code, strings.TrimSpace(out))
 	}()
 	// systemd has begun the stop (or, cutting it, already ended it).
 	a.sd.waitUnitNot(a.unit, "ActiveState", "active")
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
 	_, werr := io.WriteString(conn, "done")
 	resp, err = http.ReadResponse(br, nil)
-	ok := true
-	if werr != nil || err != nil || resp.StatusCode != 200 {
-		ok = false
-		t.Errorf("request in flight during systemctl stop: %v %v %v, want 200", resp, werr, err)
-	}
-	if resp != nil {
+	switch {
+	case werr != nil:
+		answer = werr.Error()
+	case err != nil:
+		answer = err.Error()
+	default:
+		answer = strconv.Itoa(resp.StatusCode)
 		resp.Body.Close()
 	}
 	out := <-stopped
-	if got := a.sd.show(a.unit, "ActiveState", "Result"); got["ActiveState"] != "inactive" || got["Result"] != "success" {
-		ok = false
-		t.Errorf("after systemctl stop: %v, want inactive with Result=success (%s)", got, out)
+	got := a.sd.show(a.unit, "ActiveState", "Result")
+	state = got["ActiveState"] + " " + got["Result"]
+	if state != "inactive success" {
+		state += " (systemctl stop: " + out + ")"
 	}
-	if ok {
-		a.stops++
-	}
+	return answer, state
 }
 
 // probationRestore upgrades, then kills the new generation as a build
