@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -311,15 +312,16 @@ func (a *sdApp) install(c sdCase) {
 		}
 		installBytes(t, b, filepath.Join(a.dir, "server.js"))
 		a.pidfile = "/run/app/app.pid"
-		a.sd.installUnit(a.unit, a.shipped(c.unit, append([]string{
-			"/usr/local/bin/handoff", a.current("handoff"), "/srv/app", a.dir, "127.0.0.1:8080", a.addr}, c.extra...)...))
+		a.sd.installUnit(a.unit, a.shipped(c.unit, append(slices.Clone(c.extra),
+			"/usr/local/bin/handoff", a.current("handoff"), "/srv/app", a.dir, "127.0.0.1:8080", a.addr)...))
 	} else {
 		a.pidfile = "/run/hello/hello.pid"
 		rewrites := []string{"/srv/hello", a.dir, "127.0.0.1:8080", a.addr}
 		if b, _ := os.ReadFile(filepath.Join("..", "examples", "systemd", c.unit)); strings.Contains(string(b), "127.0.0.1:9090") {
 			rewrites = append(rewrites, "127.0.0.1:9090", freeAddr(t))
 		}
-		text := a.shipped(c.unit, append(rewrites, c.extra...)...)
+		// The case's own rewrites first: they name the unit's text as shipped.
+		text := a.shipped(c.unit, append(slices.Clone(c.extra), rewrites...)...)
 		a.json = strings.Contains(text, "--log-format json")
 		a.sd.installUnit(a.unit, text)
 	}
