@@ -101,6 +101,11 @@ func bootSystemd(t *testing.T) *realSystemd {
 	if err != nil {
 		t.Skipf("real systemd: %v", err)
 	}
+	probe := filepath.Join(hostCg, fmt.Sprintf("handoff-test-probe-%d", os.Getpid()))
+	if err := os.Mkdir(probe, 0o755); err != nil {
+		t.Skipf("real systemd: cannot make a cgroup for it: %v", err)
+	}
+	unix.Rmdir(probe)
 
 	root := t.TempDir()
 	units := filepath.Join(root, "units")
