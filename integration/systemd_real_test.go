@@ -219,8 +219,10 @@ func (c sdCase) run(t *testing.T, sd *realSystemd, stopRuns int) {
 		}
 		answer, state := a.stopWithRequest()
 		t.Logf("without ExecStop=: the request in flight got %q, the unit ended %s", answer, state)
-		if answer == "200" || !strings.HasPrefix(state, "failed signal") {
-			t.Errorf("without ExecStop=, the stop drained (request: %s; unit: %s): systemd no longer kills a main process that is not its child at once; update docs/operations.md", answer, state)
+		// The unit's end varies with timing: failed with Result=signal, or
+		// inactive while the killed process is still exiting.
+		if answer == "200" {
+			t.Errorf("without ExecStop=, the stop drained (unit: %s): systemd no longer kills a main process that is not its child at once; update docs/operations.md", state)
 		}
 		return
 	}
