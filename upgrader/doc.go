@@ -78,11 +78,15 @@
 //     again every second with the drain's progress in STATUS=.
 //
 // Use ExecReload=handoff reload --no-follow --pidfile ... so that systemctl
-// reload waits for the new generation and fails when the upgrade fails.
-// Type=notify-reload works too (systemd sends SIGHUP and waits for
-// READY=1), but systemd cannot be told that a reload failed that way: the
-// old generation's READY=1 ends the reload either way, with the reason in
-// the unit's status. Without Type=notify, PIDFile= with the same
+// reload waits for the new generation and fails when the upgrade fails, and
+// ExecStop=-handoff stop --pidfile ... so that systemctl stop drains: a
+// generation started by an upgrade is not systemd's child, and systemd
+// does not wait for such a main process after SIGTERM but sends SIGKILL at
+// once (unless other processes of the unit, such as worker processes, got
+// the SIGTERM too); it does wait for ExecStop=. Type=notify-reload (systemd
+// 253+, untested) would send SIGHUP and wait for READY=1, but systemd
+// cannot be told that a reload failed that way: the old generation's
+// READY=1 ends the reload either way. Without Type=notify, PIDFile= with the same
 // ExecReload= works: systemd re-reads the PID file when ExecReload= ends,
 // and handoff reload ends once the new generation has written it. The
 // project's examples/systemd holds unit files for both ways and a .socket

@@ -44,9 +44,14 @@ const sdExtendMargin = 5 * time.Second
 // environment to the next generation, which must report to systemd too.
 // Processes the application starts should get ChildEnviron instead.
 type systemd struct {
-	notify bool     // NOTIFY_SOCKET was set at start
-	ackR   *os.File // from the parent: its MAINPID= is sent
-	ackW   *os.File // to the children, created at the first upgrade
+	notify bool // NOTIFY_SOCKET was set at start
+	// alien: run by systemd (INVOCATION_ID) but started by a previous
+	// generation, so not systemd's child when it becomes the unit's main
+	// process. systemd does not wait for such a main process to exit
+	// after SIGTERM: the units stop it with ExecStop=handoff stop.
+	alien bool
+	ackR  *os.File // from the parent: its MAINPID= is sent
+	ackW  *os.File // to the children, created at the first upgrade
 
 	mu        sync.Mutex
 	activated []*os.File // LISTEN_FDS of a first generation, not yet taken
@@ -59,6 +64,7 @@ type systemd struct {
 // generation inherits every socket from its parent through tableflip.
 func newSystemd(tf *tableflip.Upgrader, hasParent bool) (*systemd, error) {
 	sd := &systemd{notify: os.Getenv("NOTIFY_SOCKET") != ""}
+	sd.alien = hasParent && os.Getenv("INVOCATION_ID") != ""
 	if !hasParent {
 		sd.activated = activation.Files(true)
 		return sd, nil
@@ -114,6 +120,11 @@ func (u *Upgrader) sdNotify(lines ...string) {
 // sdReady tells systemd this generation serves. A generation started by an
 // upgrade first waits until its parent has named it the main process.
 func (u *Upgrader) sdReady() {
+	if u.sd.alien {
+		u.log.Info("under systemd, a generation started by an upgrade is not systemd's child: "+
+			"systemctl stop drains it only if the unit stops it with ExecStop=handoff stop "+
+			"(without, systemd sends SIGKILL right after SIGTERM; see examples/systemd/hello.service)", "parent_pid", u.ppid)
+	}
 	if !u.sd.notify {
 		return
 	}
