@@ -159,8 +159,8 @@ func (f *Flags) Parse(args []string) error {
 		return Usage(fmt.Errorf("invalid value %q for flag -socket-mode: want an octal mode such as 0660", f.SocketMode))
 	}
 	f.socketMode = os.FileMode(mode)
-	if err := checkOwner(f.SocketUser, f.SocketGroup); err != nil {
-		return Usage(err)
+	if err := CheckOwner(f.SocketUser, f.SocketGroup); err != nil {
+		return Usage(fmt.Errorf("flag -socket-user/-socket-group: %w", err))
 	}
 	switch {
 	case f.Workers < 1:
@@ -219,19 +219,20 @@ func ParseAddr(s string) (Addr, error) {
 	return Addr{scheme, rest}, nil
 }
 
-// checkOwner checks that the --socket-user and --socket-group exist.
-func checkOwner(usr, group string) error {
+// CheckOwner checks that the --socket-user and --socket-group exist, names
+// or numeric ids.
+func CheckOwner(usr, group string) error {
 	if usr != "" {
 		if _, err := strconv.Atoi(usr); err != nil {
 			if _, err := user.Lookup(usr); err != nil {
-				return fmt.Errorf("invalid value %q for flag -socket-user: %w", usr, err)
+				return fmt.Errorf("socket user %q: %w", usr, err)
 			}
 		}
 	}
 	if group != "" {
 		if _, err := strconv.Atoi(group); err != nil {
 			if _, err := user.LookupGroup(group); err != nil {
-				return fmt.Errorf("invalid value %q for flag -socket-group: %w", group, err)
+				return fmt.Errorf("socket group %q: %w", group, err)
 			}
 		}
 	}
