@@ -76,7 +76,7 @@ func run(args []string) error {
 	}
 	defer upg.Stop()
 	slog.SetDefault(upg.Logger()) // every line with pid and generation
-	if err := f.ListenAll(upg); err != nil {
+	if _, err := f.ListenAll(upg); err != nil {
 		return err
 	}
 	if reg != nil {

@@ -40,6 +40,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("udp", flag.ContinueOnError)
 	f := servicecli.Register(fs, "udp://127.0.0.1:9053", "run/udp.pid")
 	f.AllowUDP = true
+	rcvbuf := fs.Int("receive-buffer", 4<<20, "receive buffer `bytes` of the UDP sockets (SO_RCVBUF, as systemd's ReceiveBuffer=; the kernel caps it at net.core.rmem_max)")
 	if err := f.Parse(args); err != nil {
 		return err
 	}
@@ -54,8 +55,16 @@ func run(args []string) error {
 	}
 	defer upg.Stop()
 	slog.SetDefault(upg.Logger())
-	if err := f.ListenAll(upg); err != nil {
+	pcs, err := f.ListenAll(upg)
+	if err != nil {
 		return err
+	}
+	for _, pc := range pcs {
+		// One socket for every generation: a larger buffer holds what
+		// arrives while a busy machine starts the next one.
+		if err := pc.(*net.UDPConn).SetReadBuffer(*rcvbuf); err != nil {
+			return fmt.Errorf("receive buffer of %s: %w", pc.LocalAddr(), err)
+		}
 	}
 	s := &service{gen: upg.Generation(), pid: os.Getpid()}
 	s.http = &upgrader.HTTPServer{Server: &http.Server{

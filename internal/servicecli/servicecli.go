@@ -278,18 +278,20 @@ func (f *Flags) Options(version string) upgrader.Options {
 }
 
 // ListenAll opens every --listen socket on upg, in the order given:
-// streams with Listen, datagrams with ListenPacket.
-func (f *Flags) ListenAll(upg *upgrader.Upgrader) error {
+// streams with Listen, datagrams with ListenPacket. It returns the
+// datagram sockets, for their buffer sizes.
+func (f *Flags) ListenAll(upg *upgrader.Upgrader) ([]net.PacketConn, error) {
+	var pcs []net.PacketConn
 	for _, a := range f.Addrs {
-		var err error
 		if a.Packet() {
-			_, err = upg.ListenPacket(a.Network, a.Address)
-		} else {
-			_, err = upg.Listen(a.Network, a.Address)
-		}
-		if err != nil {
-			return err
+			pc, err := upg.ListenPacket(a.Network, a.Address)
+			if err != nil {
+				return nil, err
+			}
+			pcs = append(pcs, pc)
+		} else if _, err := upg.Listen(a.Network, a.Address); err != nil {
+			return nil, err
 		}
 	}
-	return nil
+	return pcs, nil
 }
