@@ -20,7 +20,7 @@ export DEPLOYDIR PIDFILE KEEP
 all: build
 
 build:
-	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/ ./cmd/handoff ./examples/hello ./examples/echo ./examples/udp
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/ ./cmd/handoff ./examples/hello ./examples/echo
 
 # The main job: the example server from the `current` release, in the foreground.
 run: build
