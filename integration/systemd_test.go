@@ -274,7 +274,15 @@ func TestSocketActivation(t *testing.T) {
 		{"by name", []string{"--listen", "systemd:http"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := startHelloWith(t, helloV1, withActivation(t), tc.args...)
+			// --listen is repeatable: the name alone, not the address too.
+			s := newService(t, helloV1, "hello")
+			s.adjust = withActivation(t)
+			if tc.args == nil {
+				s.start()
+			} else {
+				s.startArgs(append(tc.args, "--pidfile", s.pidfile)...)
+			}
+			s.waitReady()
 			s.log.waitFor(t, 0, "adopted socket from systemd", "addr="+s.addr, "fd_name=http", "generation=1")
 			if code, body, err := s.get("/version"); err != nil || code != 200 || body != "v1" {
 				t.Fatalf("GET /version = %d %q %v, want 200 v1", code, body, err)

@@ -30,6 +30,13 @@
 //
 //   - A connection the kernel accepted is served: the sockets are shared
 //     across generations and never closed while an upgrade runs.
+//   - A datagram the kernel queued is read by one generation or the next:
+//     a draining generation stops reading its packet conns by a read
+//     deadline and answers what it read before they are closed (see
+//     WorkerFunc).
+//   - A unix socket file stays the same one through every upgrade, failed
+//     or not, and the last generation removes it when it stops; a stale
+//     one is taken over at start, a live one refused (unixsock.go).
 //   - With HTTPServer, no request is dropped by a drain, keep-alive clients
 //     included: see HTTPServer for how (net/http's Shutdown alone drops
 //     requests read after it began).

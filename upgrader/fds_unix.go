@@ -85,3 +85,8 @@ func lockFile(f *os.File, exclusive bool) (unlock func()) {
 		raw.Control(func(fd uintptr) { unix.FcntlFlock(fd, unix.F_SETLK, &un) })
 	}
 }
+
+// clearSocketMode sets the mode of the unbound socket fd to 0: on Linux
+// the file bind creates gets it (less the umask), so nobody but root can
+// connect before the mode is set.
+func clearSocketMode(fd uintptr) { unix.Fchmod(int(fd), 0) }

@@ -20,3 +20,6 @@ func socketFile(syscall.Conn, string) (*os.File, error) {
 
 // lockFile: generations do not overlap on Windows.
 func lockFile(*os.File, bool) (unlock func()) { return func() {} }
+
+// clearSocketMode: Windows has no socket file modes.
+func clearSocketMode(uintptr) {}

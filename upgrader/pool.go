@@ -29,6 +29,14 @@ const (
 // finishes the work it accepted and returns nil. ctx is cancelled when the
 // drain timeout has passed: whatever is left must be cut then.
 //
+// w.PacketConns are not closed at the drain but get a read deadline in
+// the past, so a ReadFrom returns a timeout error while WriteTo still
+// works: on such an error, answer what was read, and return once
+// w.Draining is closed (a worker that sets read deadlines of its own must
+// check w.Draining when one passes). They are closed once the workers
+// have returned; what is still queued in the socket is the next
+// generation's to read.
+//
 // In a generation started by an upgrade, Accept on w.Listeners waits until
 // the whole generation is ready, so that one which fails before has taken
 // no connection: call w.Ready without waiting for a connection.
@@ -86,6 +94,8 @@ type pool struct {
 	done     chan struct{}
 	cancel   context.CancelFunc
 	drainOne sync.Once
+	// closePacketsOnce closes the packet conns once drain is over.
+	closePacketsOnce sync.Once
 	// procID is, in a worker process, the worker's ID among its
 	// master's workers: the ID of the pool's one Worker. Its logger
 	// already names it. -1 elsewhere.
@@ -245,6 +255,16 @@ func (p *pool) drain(ctx context.Context) error {
 		for _, ln := range p.lns {
 			ln.Close()
 		}
+		// A packet conn is not closed before its workers return: a
+		// read deadline in the past makes a waiting ReadFrom return,
+		// while WriteTo still works, so a worker answers every datagram
+		// it read. The datagrams still queued stay in the socket, which
+		// the next generation reads.
+		for _, pc := range p.pcs {
+			pc.SetReadDeadline(time.Now())
+		}
+	})
+	defer p.closePacketsOnce.Do(func() {
 		for _, pc := range p.pcs {
 			pc.Close()
 		}

@@ -88,6 +88,14 @@ type Options struct {
 	Logger *slog.Logger
 	// ListenConfig is used for sockets not inherited from a parent.
 	ListenConfig *net.ListenConfig
+	// SocketMode, SocketUser and SocketGroup are the mode (default
+	// 0666, as systemd's SocketMode= and nginx) and owner (a name or a
+	// numeric id; empty: this process's) of the unix socket files the
+	// first generation creates; a later one inherits them as they are
+	// (unixsock.go).
+	SocketMode  os.FileMode
+	SocketUser  string
+	SocketGroup string
 	// Metrics, if set, gets the upgrader's metrics registered: the
 	// handoff_* series of metrics.go. Serve them with ServeAdmin and
 	// promhttp.HandlerFor. Nil means no metrics.
@@ -394,7 +402,11 @@ func (u *Upgrader) listen(network, addr string) (net.Listener, error) {
 	}
 	ln, err := u.activatedListener(network, addr)
 	if err == nil && ln == nil {
-		ln, err = u.tf.Listen(network, addr)
+		if isUnixPath(network, addr) {
+			ln, err = u.listenUnix(network, addr)
+		} else {
+			ln, err = u.tf.Listen(network, addr)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("upgrader: listen on %s %s: %w", network, addr, err)

@@ -6,9 +6,11 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 
 	"github.com/gohandoff/handoff/internal/logging"
+	"github.com/gohandoff/handoff/internal/servicecli"
 	"github.com/gohandoff/handoff/upgrader"
 	"github.com/urfave/cli/v2"
 )
@@ -21,7 +23,7 @@ func runCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "run",
 		Usage: "run COMMAND as worker processes on sockets handoff owns, with zero-downtime reloads",
-		UsageText: "handoff run --listen tcp://127.0.0.1:8080 [--listen unix:///path.sock ...] --workers N --pidfile PATH\n" +
+		UsageText: "handoff run --listen tcp://127.0.0.1:8080 [--listen unix:///path.sock|udp://HOST:PORT ...] --workers N --pidfile PATH\n" +
 			"             [--ready notify|delay:DUR] [--watch PATH ...] -- COMMAND [ARGS...]",
 		Description: "The workers get the sockets as fds 3, 4, ... with LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID set\n" +
 			"(sd_listen_fds(3)); a Node.js server listens with server.listen({fd: 3}). A worker is ready when it\n" +
@@ -33,7 +35,10 @@ func runCommand() *cli.Command {
 			"restart of the workers. SIGTERM (or handoff stop): drain and exit.",
 		OnUsageError: onUsageError,
 		Flags: []cli.Flag{
-			&cli.StringSliceFlag{Name: "listen", Usage: "socket to serve, tcp://HOST:PORT or unix:///PATH (repeatable)", EnvVars: []string{"HANDOFF_LISTEN"}},
+			&cli.StringSliceFlag{Name: "listen", Usage: "socket to serve, tcp://HOST:PORT, unix:///PATH or udp://HOST:PORT (repeatable)", EnvVars: []string{"HANDOFF_LISTEN"}},
+			&cli.StringFlag{Name: "socket-mode", Usage: "`mode` of the unix socket files (as systemd's SocketMode=)", Value: "0666", EnvVars: []string{"HANDOFF_SOCKET_MODE"}},
+			&cli.StringFlag{Name: "socket-user", Usage: "owner `user` of the unix socket files (as systemd's SocketUser=)", EnvVars: []string{"HANDOFF_SOCKET_USER"}},
+			&cli.StringFlag{Name: "socket-group", Usage: "owner `group` of the unix socket files (as systemd's SocketGroup=)", EnvVars: []string{"HANDOFF_SOCKET_GROUP"}},
 			&cli.IntFlag{Name: "workers", Usage: "number of worker processes", Value: runtime.NumCPU(), EnvVars: []string{"HANDOFF_WORKERS"}},
 			&cli.StringFlag{Name: "pidfile", Usage: "PID file `path` of the master; the control socket and the workers PID file are next to it", EnvVars: []string{"HANDOFF_PIDFILE"}},
 			&cli.StringFlag{Name: "workers-pidfile", Usage: "workers PID file `path` (default: the PID file's with .workers.pid)", EnvVars: []string{"HANDOFF_WORKERS_PIDFILE"}},
@@ -51,25 +56,32 @@ func runCommand() *cli.Command {
 
 type listenSpec struct{ network, addr string }
 
-// parseListen parses tcp://HOST:PORT (tcp4, tcp6 too) and unix:///PATH.
+// parseListen parses tcp://HOST:PORT (tcp4, tcp6 too), unix:///PATH and
+// udp://HOST:PORT (udp4, udp6).
 func parseListen(s string) (listenSpec, error) {
-	scheme, rest, ok := strings.Cut(s, "://")
-	if !ok || rest == "" {
-		return listenSpec{}, fmt.Errorf("invalid value %q for flag --listen: want tcp://HOST:PORT or unix:///PATH", s)
+	if _, rest, ok := strings.Cut(s, "://"); !ok || rest == "" {
+		return listenSpec{}, fmt.Errorf("invalid value %q for flag --listen: want tcp://HOST:PORT, unix:///PATH or udp://HOST:PORT", s)
 	}
-	switch scheme {
-	case "tcp", "tcp4", "tcp6":
-		if !strings.Contains(rest, ":") {
-			return listenSpec{}, fmt.Errorf("invalid value %q for flag --listen: missing :PORT", s)
-		}
-	case "unix":
-		if !strings.HasPrefix(rest, "/") {
-			return listenSpec{}, fmt.Errorf("invalid value %q for flag --listen: want an absolute path, unix:///PATH", s)
-		}
-	default:
-		return listenSpec{}, fmt.Errorf("invalid value %q for flag --listen: scheme %q is not tcp or unix", s, scheme)
+	a, err := servicecli.ParseAddr(s)
+	if err != nil {
+		return listenSpec{}, fmt.Errorf("invalid value %q for flag --listen: %w", s, err)
 	}
-	return listenSpec{scheme, rest}, nil
+	return listenSpec{a.Network, a.Address}, nil
+}
+
+// packet reports whether l is a datagram socket, for ListenPacket.
+func (l listenSpec) packet() bool { return strings.HasPrefix(l.network, "udp") }
+
+// socketOptions checks --socket-mode, --socket-user and --socket-group.
+func socketOptions(c *cli.Context) (os.FileMode, error) {
+	m, perr := strconv.ParseUint(c.String("socket-mode"), 8, 32)
+	if perr != nil || m == 0 || m > 0o777 {
+		return 0, fmt.Errorf("invalid value %q for flag --socket-mode: want an octal mode such as 0660", c.String("socket-mode"))
+	}
+	if err := servicecli.CheckOwner(c.String("socket-user"), c.String("socket-group")); err != nil {
+		return 0, fmt.Errorf("flag --socket-user/--socket-group: %w", err)
+	}
+	return os.FileMode(m), nil
 }
 
 func runMaster(c *cli.Context) error {
@@ -90,6 +102,10 @@ func runMaster(c *cli.Context) error {
 			return usageError{err}
 		}
 		listens = append(listens, l)
+	}
+	socketMode, err := socketOptions(c)
+	if err != nil {
+		return usageError{err}
 	}
 	if c.String("pidfile") == "" {
 		return usageError{errors.New("flag --pidfile is required")}
@@ -133,13 +149,21 @@ func runMaster(c *cli.Context) error {
 		KernelSteering:   true,
 		Version:          buildVersion(),
 		Logger:           log,
+		SocketMode:       socketMode,
+		SocketUser:       c.String("socket-user"),
+		SocketGroup:      c.String("socket-group"),
 	})
 	if err != nil {
 		return err
 	}
 	defer upg.Stop()
 	for _, l := range listens {
-		if _, err := upg.Listen(l.network, l.addr); err != nil {
+		if l.packet() {
+			_, err = upg.ListenPacket(l.network, l.addr)
+		} else {
+			_, err = upg.Listen(l.network, l.addr)
+		}
+		if err != nil {
 			return err
 		}
 	}

@@ -38,7 +38,7 @@ func run(args []string) error {
 		return err
 	}
 	defer upg.Stop()
-	if _, err := upg.Listen("tcp", f.Listen); err != nil {
+	if _, err := f.ListenAll(upg); err != nil {
 		return err
 	}
 	return upg.Serve(context.Background(), worker)

@@ -2,6 +2,7 @@
 // upgrades itself on SIGHUP without losing a request.
 //
 //	hello --listen 127.0.0.1:8080 --pidfile run/hello.pid
+//	hello --listen unix:///run/hello/http.sock --socket-mode 0660 --socket-group www-data --listen 127.0.0.1:8080
 //	kill -HUP $(cat run/hello.pid)   # or: handoff reload --pidfile run/hello.pid
 package main
 
@@ -75,7 +76,7 @@ func run(args []string) error {
 	}
 	defer upg.Stop()
 	slog.SetDefault(upg.Logger()) // every line with pid and generation
-	if _, err := upg.Listen("tcp", f.Listen); err != nil {
+	if _, err := f.ListenAll(upg); err != nil {
 		return err
 	}
 	if reg != nil {

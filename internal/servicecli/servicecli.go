@@ -11,8 +11,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/user"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -56,9 +58,17 @@ func Version(stamped string) string {
 	return "dev"
 }
 
-// Flags are the flags of every example service. Parse fills Log.
+// Flags are the flags of every example service. Parse fills Addrs and
+// Log.
 type Flags struct {
-	Listen         string
+	// Listen holds the --listen values, repeatable; Addrs their parse.
+	// AllowUDP, set before Parse, accepts udp:// for a datagram service.
+	Listen         listenList
+	Addrs          []Addr
+	AllowUDP       bool
+	SocketMode     string
+	SocketUser     string
+	SocketGroup    string
 	PIDFile        string
 	Workers        int
 	WorkerMode     string
@@ -72,15 +82,30 @@ type Flags struct {
 	ShowVersion    bool
 	Log            *slog.Logger
 
-	readyDelay time.Duration
-	fs         *flag.FlagSet
+	readyDelay    time.Duration
+	socketMode    os.FileMode
+	defaultListen string
+	fs            *flag.FlagSet
+}
+
+// listenList is a repeatable flag; the service's default holds until the
+// first value given.
+type listenList []string
+
+func (l *listenList) String() string { return strings.Join(*l, ",") }
+func (l *listenList) Set(s string) error {
+	*l = append(*l, s)
+	return nil
 }
 
 // Register defines the shared flags on fs, with the service's default
 // address and PID file. A service defines its own flags on fs after.
 func Register(fs *flag.FlagSet, listen, pidfile string) *Flags {
-	f := &Flags{fs: fs}
-	fs.StringVar(&f.Listen, "listen", listen, "`address` to serve on; systemd:NAME takes the socket systemd passed with that FileDescriptorName=")
+	f := &Flags{fs: fs, defaultListen: listen}
+	fs.Var(&f.Listen, "listen", "`address` to serve on (repeatable; default "+listen+"): HOST:PORT or tcp://HOST:PORT, unix:///PATH, udp://HOST:PORT where the service takes datagrams, or systemd:NAME for the socket systemd passed with that FileDescriptorName=")
+	fs.StringVar(&f.SocketMode, "socket-mode", "0666", "`mode` of the unix socket files the service creates (as systemd's SocketMode=)")
+	fs.StringVar(&f.SocketUser, "socket-user", "", "owner `user` (name or uid) of the unix socket files (as systemd's SocketUser=; default: the service's)")
+	fs.StringVar(&f.SocketGroup, "socket-group", "", "owner `group` (name or gid) of the unix socket files (as systemd's SocketGroup=; default: the service's)")
 	fs.StringVar(&f.PIDFile, "pidfile", pidfile, "PID file `path`; the control socket is next to it")
 	fs.IntVar(&f.Workers, "workers", runtime.GOMAXPROCS(0), "number of workers")
 	fs.StringVar(&f.WorkerMode, "worker-mode", string(upgrader.GoroutineWorkers), "`mode` of the workers: goroutine or process (--workers of them)")
@@ -112,8 +137,30 @@ func (f *Flags) Parse(args []string) error {
 	if f.fs.NArg() > 0 {
 		return Usage(fmt.Errorf("unexpected argument %q", f.fs.Arg(0)))
 	}
-	if err := CheckAddr(f.Listen); err != nil {
-		return Usage(fmt.Errorf("invalid value %q for flag -listen: %w", f.Listen, err))
+	if len(f.Listen) == 0 {
+		f.Listen = listenList{f.defaultListen}
+	}
+	f.Addrs = f.Addrs[:0]
+	for _, s := range f.Listen {
+		a, err := ParseAddr(s)
+		if err == nil && a.Packet() && !f.AllowUDP {
+			err = fmt.Errorf("%s serves streams, not datagrams: give tcp://, unix:// or systemd:", f.fs.Name())
+		}
+		if err != nil {
+			return Usage(fmt.Errorf("invalid value %q for flag -listen: %w", s, err))
+		}
+		if slices.Contains(f.Addrs, a) {
+			return Usage(fmt.Errorf("invalid value %q for flag -listen: given twice", s))
+		}
+		f.Addrs = append(f.Addrs, a)
+	}
+	mode, err := strconv.ParseUint(f.SocketMode, 8, 32)
+	if err != nil || mode == 0 || mode > 0o777 {
+		return Usage(fmt.Errorf("invalid value %q for flag -socket-mode: want an octal mode such as 0660", f.SocketMode))
+	}
+	f.socketMode = os.FileMode(mode)
+	if err := CheckOwner(f.SocketUser, f.SocketGroup); err != nil {
+		return Usage(fmt.Errorf("flag -socket-user/-socket-group: %w", err))
 	}
 	switch {
 	case f.Workers < 1:
@@ -137,6 +184,58 @@ func (f *Flags) Parse(args []string) error {
 		return Usage(fmt.Errorf("flag -log-format/-log-level: %w", err))
 	}
 	f.Log = log
+	return nil
+}
+
+// An Addr is one --listen value: the network and address to pass to
+// Upgrader.Listen, or to ListenPacket if Packet.
+type Addr struct{ Network, Address string }
+
+// Packet reports whether a is a datagram socket (udp).
+func (a Addr) Packet() bool { return strings.HasPrefix(a.Network, "udp") }
+
+// ParseAddr parses a --listen value: HOST:PORT or tcp://HOST:PORT (tcp4,
+// tcp6 too), unix:///PATH, udp://HOST:PORT (udp4, udp6), systemd:NAME.
+func ParseAddr(s string) (Addr, error) {
+	scheme, rest, ok := strings.Cut(s, "://")
+	if !ok {
+		if err := CheckAddr(s); err != nil {
+			return Addr{}, err
+		}
+		return Addr{"tcp", s}, nil
+	}
+	switch scheme {
+	case "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6":
+		if err := CheckAddr(rest); err != nil || strings.HasPrefix(rest, "systemd:") {
+			return Addr{}, fmt.Errorf("want %s://HOST:PORT", scheme)
+		}
+	case "unix":
+		if !strings.HasPrefix(rest, "/") {
+			return Addr{}, errors.New("want an absolute path, unix:///PATH")
+		}
+	default:
+		return Addr{}, fmt.Errorf("scheme %q is none of tcp, unix, udp", scheme)
+	}
+	return Addr{scheme, rest}, nil
+}
+
+// CheckOwner checks that the --socket-user and --socket-group exist, names
+// or numeric ids.
+func CheckOwner(usr, group string) error {
+	if usr != "" {
+		if _, err := strconv.Atoi(usr); err != nil {
+			if _, err := user.Lookup(usr); err != nil {
+				return fmt.Errorf("socket user %q: %w", usr, err)
+			}
+		}
+	}
+	if group != "" {
+		if _, err := strconv.Atoi(group); err != nil {
+			if _, err := user.LookupGroup(group); err != nil {
+				return fmt.Errorf("socket group %q: %w", group, err)
+			}
+		}
+	}
 	return nil
 }
 
@@ -172,5 +271,27 @@ func (f *Flags) Options(version string) upgrader.Options {
 		DrainTimeout:     f.DrainTimeout,
 		Version:          version,
 		Logger:           f.Log,
+		SocketMode:       f.socketMode,
+		SocketUser:       f.SocketUser,
+		SocketGroup:      f.SocketGroup,
 	}
+}
+
+// ListenAll opens every --listen socket on upg, in the order given:
+// streams with Listen, datagrams with ListenPacket. It returns the
+// datagram sockets, for their buffer sizes.
+func (f *Flags) ListenAll(upg *upgrader.Upgrader) ([]net.PacketConn, error) {
+	var pcs []net.PacketConn
+	for _, a := range f.Addrs {
+		if a.Packet() {
+			pc, err := upg.ListenPacket(a.Network, a.Address)
+			if err != nil {
+				return nil, err
+			}
+			pcs = append(pcs, pc)
+		} else if _, err := upg.Listen(a.Network, a.Address); err != nil {
+			return nil, err
+		}
+	}
+	return pcs, nil
 }
