@@ -718,10 +718,34 @@ func (u *Upgrader) requestStop(by ...any) (now bool) {
 		u.log.Info("stop requested during an upgrade: both generations stop once it has ended", by...)
 		return false
 	}
+	succ := 0
+	if u.phase.Load() == "draining" {
+		succ = u.successor
+	}
 	u.mu.Unlock()
+	if succ > 0 {
+		// Asked of this generation after its handover: the service is the
+		// new generation now.
+		u.log.Info("stop requested after the handover: passed on to the new generation", append(by, "new_pid", succ)...)
+		if err := terminate(succ); err != nil {
+			u.log.Error("cannot stop the new generation", "new_pid", succ, "err", err)
+		}
+		return true
+	}
 	u.log.Info("stopping", by...)
 	u.Stop()
 	return true
+}
+
+// handedOverTo returns the pid of the new generation once this one has
+// handed over to it, 0 before.
+func (u *Upgrader) handedOverTo() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.phase.Load() != "draining" {
+		return 0
+	}
+	return u.successor
 }
 
 // reclaimPIDFile writes this process's pid back into the PID file after a

@@ -55,6 +55,10 @@ type Message struct {
 	// Stderr holds the last lines of stderr of a new generation that
 	// failed before it was ready, on the final message of an upgrade.
 	Stderr []string `json:"stderr,omitempty"`
+	// HandedOver, on a failed final message, is the pid of the new
+	// generation that the asked one has just handed over to: the request
+	// is to be sent again, and only the new generation answers then.
+	HandedOver int `json:"handed_over_to,omitempty"`
 }
 
 // Drain is the progress of an old generation's drain after an upgrade.
@@ -152,7 +156,20 @@ func Follow(ctx context.Context, socket string, req Request, fn func(Message)) (
 	return do(ctx, socket, req, fn, true)
 }
 
+// maxHandOvers bounds how often a request is sent again because the
+// generation it reached had just handed over.
+const maxHandOvers = 5
+
 func do(ctx context.Context, socket string, req Request, fn func(Message), follow bool) (Message, error) {
+	for i := 0; ; i++ {
+		m, err := doOnce(ctx, socket, req, fn, follow)
+		if m.HandedOver == 0 || i == maxHandOvers {
+			return m, err
+		}
+	}
+}
+
+func doOnce(ctx context.Context, socket string, req Request, fn func(Message), follow bool) (Message, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
@@ -172,6 +189,9 @@ func do(ctx context.Context, socket string, req Request, fn func(Message), follo
 		var m Message
 		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
 			return Message{}, fmt.Errorf("decode reply to %s: %w", req.Cmd, err)
+		}
+		if m.Final && !m.OK && m.HandedOver != 0 {
+			return m, errors.New(m.Error)
 		}
 		if fn != nil && (follow || !m.Final) {
 			fn(m)
