@@ -114,7 +114,7 @@ func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 		if req.Cmd == control.CmdStop {
 			u.requestStop("via", "control socket")
 			w.Progress("stop", fmt.Sprintf("pid %d draining, passed on to the new generation pid %d", os.Getpid(), succ))
-			w.Final(control.Message{Status: u.status()}, nil)
+			w.Final(control.Message{Status: u.status(), Stopping: []int{os.Getpid(), succ}}, nil)
 			return
 		}
 		w.Final(control.Message{HandedOver: succ}, fmt.Errorf("pid %d has handed over to pid %d: ask again", os.Getpid(), succ))
@@ -142,11 +142,19 @@ func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 		n, err := u.roll(context.Background(), func(msg string) { w.Progress("worker", msg) })
 		w.Final(control.Message{Msg: fmt.Sprintf("%d of %d workers replaced", n, u.opts.Workers), Status: u.status()}, err)
 	case control.CmdStop:
+		stopping := []int{os.Getpid()}
 		if u.requestStop("via", "control socket") {
 			w.Progress("stop", fmt.Sprintf("pid %d draining, timeout %s", os.Getpid(), u.opts.DrainTimeout))
 		} else {
 			w.Progress("stop", fmt.Sprintf("pid %d stops once the upgrade in progress has ended, with the new generation", os.Getpid()))
+			// The upgrade holds the phase lock until its outcome is set:
+			// the reply names the new generation too, if there is one.
+			u.phaseMu.Lock()
+			u.phaseMu.Unlock()
+			if succ := u.handedOverTo(); succ > 0 {
+				stopping = append(stopping, succ)
+			}
 		}
-		w.Final(control.Message{Status: u.status()}, nil)
+		w.Final(control.Message{Status: u.status(), Stopping: stopping}, nil)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
@@ -43,6 +44,9 @@ var (
 	ErrStopping = errors.New("upgrader: stopping")
 	// ErrNotReady: this generation has not reported ready yet.
 	ErrNotReady = errors.New("upgrader: not ready yet")
+	// ErrInvalidOptions: the Options contradict themselves, such as two
+	// of their paths naming the same file. New's error wraps it.
+	ErrInvalidOptions = errors.New("upgrader: invalid options")
 	// ErrRollInProgress: a rolling restart of the worker processes has
 	// not finished yet.
 	ErrRollInProgress = errors.New("upgrader: rolling restart of the workers in progress")
@@ -222,9 +226,20 @@ func New(opts Options) (*Upgrader, error) {
 		return nil, err
 	}
 	hasParent := os.Getenv(tableflipParentEnv) != ""
+	if err := checkPaths(opts); err != nil {
+		return nil, err
+	}
 	if !hasParent && opts.PIDFile != "" {
 		if err := checkPIDDir(opts.PIDFile); err != nil {
 			return nil, err
+		}
+		if err := CheckPIDPath(opts.PIDFile); err != nil {
+			return nil, err
+		}
+		if opts.WorkerMode == ProcessWorkers && opts.WorkersPIDFile != "" {
+			if err := CheckPIDPath(opts.WorkersPIDFile); err != nil {
+				return nil, err
+			}
 		}
 		gen := 1
 		if restored {
@@ -338,6 +353,24 @@ func (u *Upgrader) loadState() error {
 	u.upgradeStart = st.UpgradeStart
 	if st.Stats != nil {
 		u.stats = *st.Stats
+	}
+	return nil
+}
+
+// checkPaths refuses options whose files would overwrite one another.
+func checkPaths(opts Options) error {
+	paths := []struct{ flag, path string }{
+		{"PID file", opts.PIDFile}, {"control socket", opts.ControlSocket},
+	}
+	if opts.WorkerMode == ProcessWorkers {
+		paths = append(paths, struct{ flag, path string }{"workers PID file", opts.WorkersPIDFile})
+	}
+	for i, a := range paths {
+		for _, b := range paths[i+1:] {
+			if a.path != "" && b.path != "" && filepath.Clean(a.path) == filepath.Clean(b.path) {
+				return fmt.Errorf("%w: the %s and the %s are both %s", ErrInvalidOptions, a.flag, b.flag, a.path)
+			}
+		}
 	}
 	return nil
 }
@@ -833,6 +866,8 @@ func (u *Upgrader) status() *control.Status {
 		State:      u.phase.Load().(string),
 		Listeners:  append([]string(nil), u.addrs...),
 		LastError:  u.lastError,
+
+		UpgradeInProgress: u.upgrading.Load() && !u.rolling.Load(),
 	}
 	select {
 	case <-u.parent:

@@ -3,9 +3,11 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 
 	"github.com/gohandoff/handoff/internal/logging"
@@ -61,6 +63,11 @@ func parseListen(s string) (listenSpec, error) {
 	case "tcp", "tcp4", "tcp6":
 		if !strings.Contains(rest, ":") {
 			return listenSpec{}, fmt.Errorf("invalid value %q for flag --listen: missing :PORT", s)
+		}
+		if _, port, err := net.SplitHostPort(rest); err != nil {
+			return listenSpec{}, fmt.Errorf("invalid value %q for flag --listen: %w", s, err)
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			return listenSpec{}, fmt.Errorf("invalid value %q for flag --listen: port %q is not a number from 0 to 65535", s, port)
 		}
 	case "unix":
 		if !strings.HasPrefix(rest, "/") {

@@ -14,13 +14,14 @@
 package control
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -59,6 +60,10 @@ type Message struct {
 	// generation that the asked one has just handed over to: the request
 	// is to be sent again, and only the new generation answers then.
 	HandedOver int `json:"handed_over_to,omitempty"`
+	// Stopping, on the final message of a stop, lists every process that
+	// stops as asked: the serving generation, and the new one when the
+	// stop came during an upgrade that succeeded.
+	Stopping []int `json:"stopping,omitempty"`
 }
 
 // Drain is the progress of an old generation's drain after an upgrade.
@@ -97,6 +102,9 @@ type Status struct {
 	// Rollback says why the worker processes run the previous build, if
 	// they do: they crash-looped right after this generation's upgrade.
 	Rollback string `json:"rollback,omitempty"`
+	// UpgradeInProgress: an upgrade was asked and has no outcome yet (it
+	// may wait for the previous generation's drain).
+	UpgradeInProgress bool `json:"upgrade_in_progress,omitempty"`
 }
 
 // WorkerStatus describes one worker of the pool.
@@ -156,6 +164,10 @@ func Follow(ctx context.Context, socket string, req Request, fn func(Message)) (
 	return do(ctx, socket, req, fn, true)
 }
 
+// ErrNoService: nothing listens on the control socket, so no service runs
+// there (a killed one may have left the socket file).
+var ErrNoService = errors.New("no service runs")
+
 // maxHandOvers bounds how often a request is sent again because the
 // generation it reached had just handed over.
 const maxHandOvers = 5
@@ -173,6 +185,9 @@ func doOnce(ctx context.Context, socket string, req Request, fn func(Message), f
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return Message{}, fmt.Errorf("%w on control socket %s: %w", ErrNoService, socket, err)
+		}
 		return Message{}, fmt.Errorf("connect to control socket %s: %w", socket, err)
 	}
 	defer conn.Close()
@@ -183,12 +198,13 @@ func doOnce(ctx context.Context, socket string, req Request, fn func(Message), f
 	if _, err := conn.Write(append(b, '\n')); err != nil {
 		return Message{}, fmt.Errorf("send %s request: %w", req.Cmd, err)
 	}
-	sc := bufio.NewScanner(conn)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
+	// A decoder, not a line scanner: a status of many thousand workers is
+	// one long line.
+	dec := json.NewDecoder(conn)
+	for {
 		var m Message
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			return Message{}, fmt.Errorf("decode reply to %s: %w", req.Cmd, err)
+		if err := dec.Decode(&m); err != nil {
+			return Message{}, replyError(ctx, req.Cmd, err)
 		}
 		if m.Final && !m.OK && m.HandedOver != 0 {
 			return m, errors.New(m.Error)
@@ -203,22 +219,33 @@ func doOnce(ctx context.Context, socket string, req Request, fn func(Message), f
 			return m, errors.New(m.Error)
 		}
 		if follow {
-			for sc.Scan() {
+			for {
 				var after Message
-				if json.Unmarshal(sc.Bytes(), &after) == nil && fn != nil {
+				if dec.Decode(&after) != nil {
+					break
+				}
+				if fn != nil {
 					fn(after)
 				}
 			}
 		}
 		return m, nil
 	}
-	if ctx.Err() != nil {
-		return Message{}, fmt.Errorf("%s: %w", req.Cmd, ctx.Err())
+}
+
+// replyError says why no final message came.
+func replyError(ctx context.Context, cmd string, err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("%s: %w", cmd, ctx.Err())
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("%s: connection closed before a reply", cmd)
+	case errors.As(err, &syn) || errors.As(err, &typ):
+		return fmt.Errorf("decode reply to %s: %w", cmd, err)
 	}
-	if err := sc.Err(); err != nil {
-		return Message{}, fmt.Errorf("read reply to %s: %w", req.Cmd, err)
-	}
-	return Message{}, fmt.Errorf("%s: connection closed before a reply", req.Cmd)
+	return fmt.Errorf("read reply to %s: %w", cmd, err)
 }
 
 // Writer sends the messages of one reply.

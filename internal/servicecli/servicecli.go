@@ -38,7 +38,7 @@ func Main(name string, run func(args []string) error) {
 	}
 	fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 	var ue usageError
-	if errors.As(err, &ue) {
+	if errors.As(err, &ue) || errors.Is(err, upgrader.ErrInvalidOptions) {
 		os.Exit(2)
 	}
 	os.Exit(1)
