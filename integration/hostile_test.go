@@ -387,3 +387,51 @@ func TestHostileDrainPartialHeader(t *testing.T) {
 		}
 	})
 }
+
+// Break 4: a new build that fails takes its process tree with it: a child
+// it left running (and holding the inherited sockets) is killed, so that
+// after a stop the port is free.
+func TestHostileFailedBuildTakesItsTree(t *testing.T) {
+	forEachMode(t, testFailedBuildTakesItsTree)
+}
+
+func testFailedBuildTakesItsTree(t *testing.T, m workerMode) {
+	for _, c := range []struct{ name, body string }{
+		{"exits 0 leaving a child", "(sleep 300 & echo $! > %q)\nexit 0\n"},
+		{"hangs with a child", "sleep 300 &\necho $! > %q\nexec sleep 300\n"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := startHello(t, helloV1, append(m.args, "--upgrade-timeout", "2s")...)
+			pid := s.pid()
+			var workers []int
+			if m.name == "processes" {
+				workers = s.workerPIDs()
+			}
+			childFile := filepath.Join(t.TempDir(), "child.pid")
+			installBytes(t, []byte("#!/bin/sh\n"+fmt.Sprintf(c.body, childFile)), s.exe)
+			code, out, errOut := s.handoff("reload")
+			if code != 1 {
+				t.Fatalf("reload to a failing build: exit %d\n%s%s", code, out, errOut)
+			}
+			b, err := os.ReadFile(childFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			child, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+			t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
+			if alive(child) {
+				t.Errorf("the failed build's child pid %d lives on after the reload failed", child)
+			}
+			s.wantUnchanged(pid, fmt.Sprintf("%d\n", pid))
+			for _, w := range workers {
+				if !alive(w) {
+					t.Errorf("worker pid %d of the serving generation died with the failed build", w)
+				}
+			}
+			if code, out, errOut := s.handoff("stop"); code != 0 {
+				t.Fatalf("handoff stop: exit %d %s%s", code, out, errOut)
+			}
+			wantFree(t, s.addr)
+		})
+	}
+}

@@ -258,6 +258,7 @@ func New(opts Options) (*Upgrader, error) {
 		return nil, fmt.Errorf("upgrader: %w", err)
 	}
 	os.Unsetenv(tableflipParentEnv)
+	os.Unsetenv(treeEnv)
 	if hasParent {
 		// tableflip's pipes to the parent, fds 3 and 4, are inherited
 		// without close-on-exec; fd 4 stays open until the parent has
@@ -652,7 +653,12 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	u.sdReloading()
 	u.publishWorkers(false)
 	relay := u.captureStderr()
+	mark, unmark := markTree()
 	err := u.tfUpgrade()
+	unmark()
+	if err != nil {
+		u.killTree(mark, err)
+	}
 	tail := relay.finish(err != nil)
 	took := time.Since(start)
 	phase := "draining"
