@@ -143,7 +143,7 @@ func (s *HTTPServer) Worker(ctx context.Context, w *Worker) error {
 		s.serving.Add(1)
 		go func() {
 			defer s.serving.Done()
-			tl := trackedListener{ln}
+			tl := trackedListener{Listener: ln, plain: !s.tls}
 			if s.tls {
 				errc <- s.Server.ServeTLS(tl, "", "")
 			} else {

@@ -11,15 +11,26 @@ import (
 )
 
 // trackedListener hands an HTTPServer its connections as trackedConns.
-type trackedListener struct{ net.Listener }
+type trackedListener struct {
+	net.Listener
+	plain bool // not TLS: net/http reads the connection itself
+}
 
 func (l trackedListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
 	}
-	return &trackedConn{Conn: c}, nil
+	return &trackedConn{Conn: c, plain: l.plain}, nil
 }
+
+// netHTTPReadBuf is the size of the buffered reader net/http reads a
+// connection through. Once a connection is idle, it asks for 4 bytes of
+// the next request; when its buffer still holds 1 to 3 bytes of it (sent
+// together with the previous request), its read asks for the room left,
+// less than the whole buffer: that says a request has begun although no
+// new byte arrived. FuzzHTTPDrainEdge's pipelined seeds check it.
+const netHTTPReadBuf = 4096
 
 // trackedConn is a connection of an HTTPServer as net/http reads it. It
 // sees a request begin to arrive, which net/http does not tell: ConnState
@@ -35,15 +46,23 @@ type trackedConn struct {
 	// the next request are there, which its reader may hold already (a
 	// pipelined request): the second says a request has begun.
 	deadlines atomic.Int32
+	// plain: net/http reads this connection directly (no TLS between),
+	// so the size of its first read after waiting tells what it holds.
+	plain     bool
+	firstRead atomic.Bool
 }
 
 // waiting marks the connection New or Idle: no request has begun yet.
 func (c *trackedConn) waiting() {
 	c.started.Store(false)
 	c.deadlines.Store(0)
+	c.firstRead.Store(true)
 }
 
 func (c *trackedConn) Read(b []byte) (int, error) {
+	if c.plain && c.firstRead.CompareAndSwap(true, false) && len(b) < netHTTPReadBuf && len(b) >= netHTTPReadBuf-3 {
+		c.started.Store(true)
+	}
 	n, err := c.Conn.Read(b)
 	if n > 0 {
 		c.started.Store(true)
