@@ -76,7 +76,7 @@ func FuzzHTTPDrainEdge(f *testing.F) {
 				seen[c.RemoteAddr().String()] = true
 				seenMu.Unlock()
 			},
-			ErrorLog:          discardStdLogger(),
+			ErrorLog: discardStdLogger(),
 			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				io.Copy(io.Discard, r.Body)
 				io.WriteString(w, "ok")
