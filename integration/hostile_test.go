@@ -193,6 +193,22 @@ func TestHostileStatusOfManyWorkers(t *testing.T) {
 		t.Fatalf("status: %d workers, %v; want 18000", len(st.Workers), err)
 	}
 	t.Logf("status of %d workers: %d bytes", len(st.Workers), len(out))
+
+	// A client that asks for it and never reads holds the service's
+	// write, bounded: the service still stops.
+	c, err := net.Dial("unix", control.SocketPath(s.pidfile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, `{"cmd":"status"}`+"\n")
+	pid := s.pid()
+	if code, out, errOut := s.handoff("stop", "--timeout", "30s"); code != 0 {
+		t.Fatalf("handoff stop while a client does not read its status: exit %d %s%s", code, out, errOut)
+	}
+	if alive(pid) {
+		t.Errorf("pid %d lives after handoff stop", pid)
+	}
 }
 
 // Break 6: handoff stop waits for the process the service says it is, not

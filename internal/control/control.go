@@ -248,25 +248,36 @@ func replyError(ctx context.Context, cmd string, err error) error {
 	return fmt.Errorf("read reply to %s: %w", cmd, err)
 }
 
-// Writer sends the messages of one reply.
+// WriteTimeout bounds each message a service writes: a client that stops
+// reading (or never reads a long status) cannot hold the service's
+// request handler, and with it the service's exit, for longer.
+const WriteTimeout = 5 * time.Second
+
+// Writer sends the messages of one reply, each bounded by WriteTimeout.
 type Writer struct {
-	enc *json.Encoder
+	conn net.Conn
+	enc  *json.Encoder
 }
 
 // NewWriter returns a Writer on conn.
 func NewWriter(conn net.Conn) *Writer {
-	return &Writer{enc: json.NewEncoder(conn)}
+	return &Writer{conn: conn, enc: json.NewEncoder(conn)}
+}
+
+func (w *Writer) send(m Message) error {
+	w.conn.SetWriteDeadline(time.Now().Add(WriteTimeout))
+	return w.enc.Encode(m)
 }
 
 // Progress sends a progress message.
 func (w *Writer) Progress(step, msg string) error {
-	return w.enc.Encode(Message{Step: step, Msg: msg})
+	return w.send(Message{Step: step, Msg: msg})
 }
 
 // Send sends m as it is: a progress message, or one that follows the
 // final message.
 func (w *Writer) Send(m Message) error {
-	return w.enc.Encode(m)
+	return w.send(m)
 }
 
 // Final sends the final message, failed if err is not nil.
@@ -276,5 +287,5 @@ func (w *Writer) Final(m Message, err error) error {
 	if err != nil {
 		m.Error = err.Error()
 	}
-	return w.enc.Encode(m)
+	return w.send(m)
 }
