@@ -145,6 +145,8 @@ func TestHostileUsageErrors(t *testing.T) {
 	}{
 		{"workers pid file is the pid file", s.exe, []string{"--listen", s.addr, "--pidfile", pidfile, "--worker-mode", "process", "--workers-pidfile", pidfile}, []string{"PID file", "workers PID file", pidfile}},
 		{"workers pid file is the control socket", s.exe, []string{"--listen", s.addr, "--pidfile", pidfile, "--worker-mode", "process", "--workers-pidfile", filepath.Join(s.dir, "run", "x.sock")}, []string{"control socket", "workers PID file"}},
+		{"a hundred million workers", s.exe, []string{"--listen", s.addr, "--pidfile", pidfile, "--workers", "100000000"}, []string{"100000000 workers"}},
+		{"control socket path too long", s.exe, []string{"--listen", s.addr, "--pidfile", filepath.Join(s.dir, strings.Repeat("d", 120), "x.pid")}, []string{"control socket path", "longer than", "x.sock"}},
 		{"handoff run port out of range", handoffBin, []string{"run", "--listen", "tcp://127.0.0.1:99999", "--pidfile", pidfile, "--", "true"}, []string{"--listen", "99999"}},
 		{"handoff run workers pid file is the pid file", handoffBin, []string{"run", "--listen", "tcp://" + s.addr, "--pidfile", pidfile, "--workers-pidfile", pidfile, "--", "true"}, []string{"workers PID file", pidfile}},
 	} {
@@ -249,7 +251,17 @@ func TestHostileReloadTimeoutInProgress(t *testing.T) {
 	s := startHello(t, helloV1, "--workers", "2")
 	pid := s.pid()
 	g := installGate(t, s.exe, helloV2)
-	code, out, errOut := s.handoff("reload", "--timeout", "1s")
+	// A timeout that passes before the request is even sent: no upgrade
+	// was asked, and the CLI says so.
+	code, out, errOut := s.handoff("reload", "--timeout", "1ns")
+	if code != 1 {
+		t.Errorf("handoff reload --timeout 1ns: exit %d, want 1\n%s%s", code, out, errOut)
+	}
+	oneLine(t, "reload --timeout 1ns", errOut, "not asked")
+	if st := s.statusJSON(); st.UpgradeInProgress {
+		t.Errorf("status after a reload that was not sent: upgrade in progress")
+	}
+	code, out, errOut = s.handoff("reload", "--timeout", "1s")
 	if code != 3 {
 		t.Errorf("handoff reload --timeout 1s during a slow upgrade: exit %d, want 3\n%s%s", code, out, errOut)
 	}

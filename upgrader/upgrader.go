@@ -358,8 +358,23 @@ func (u *Upgrader) loadState() error {
 	return nil
 }
 
-// checkPaths refuses options whose files would overwrite one another.
+// MaxWorkers bounds Options.Workers: far more would only exhaust memory
+// (a hundred million goroutine workers crash the process at start).
+const MaxWorkers = 100_000
+
+// maxSocketPath is the longest path a unix socket can be bound to (Linux
+// sun_path less its final NUL; macOS allows 103).
+const maxSocketPath = 107
+
+// checkPaths refuses options whose files would overwrite one another, a
+// control socket path too long to bind, and too many workers.
 func checkPaths(opts Options) error {
+	if opts.Workers > MaxWorkers {
+		return fmt.Errorf("%w: %d workers, more than the %d allowed", ErrInvalidOptions, opts.Workers, MaxWorkers)
+	}
+	if n := len(opts.ControlSocket); n > maxSocketPath {
+		return fmt.Errorf("%w: the control socket path %s is %d bytes, longer than the %d a unix socket takes: choose a shorter PID file path", ErrInvalidOptions, opts.ControlSocket, n, maxSocketPath)
+	}
 	paths := []struct{ flag, path string }{
 		{"PID file", opts.PIDFile}, {"control socket", opts.ControlSocket},
 	}

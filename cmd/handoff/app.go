@@ -184,6 +184,8 @@ func reload(c *cli.Context) error {
 		switch {
 		case errors.Is(err, control.ErrNoService):
 			return fmt.Errorf("reload: %w", err)
+		case errors.Is(err, control.ErrNotSent):
+			return fmt.Errorf("reload not asked, nothing changed: %w", err)
 		case !m.Final && errors.Is(err, context.DeadlineExceeded):
 			return exitError{code: ExitInProgress, err: fmt.Errorf("reload still in progress after --timeout %s: no verdict yet, the service goes on with the upgrade; 'handoff status' says when it is over (upgrade_in_progress)", c.Duration("timeout"))}
 		}

@@ -168,6 +168,16 @@ func Follow(ctx context.Context, socket string, req Request, fn func(Message)) (
 // there (a killed one may have left the socket file).
 var ErrNoService = errors.New("no service runs")
 
+// ErrNotSent: the request never reached the service (it could not be
+// connected to, or the request not written), so it did nothing.
+var ErrNotSent = errors.New("request not sent")
+
+type notSent struct{ error }
+
+func (e notSent) Is(target error) bool { return target == ErrNotSent }
+
+func (e notSent) Unwrap() error { return e.error }
+
 // maxHandOvers bounds how often a request is sent again because the
 // generation it reached had just handed over.
 const maxHandOvers = 5
@@ -186,9 +196,9 @@ func doOnce(ctx context.Context, socket string, req Request, fn func(Message), f
 	conn, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return Message{}, fmt.Errorf("%w on control socket %s: %w", ErrNoService, socket, err)
+			return Message{}, notSent{fmt.Errorf("%w on control socket %s: %w", ErrNoService, socket, err)}
 		}
-		return Message{}, fmt.Errorf("connect to control socket %s: %w", socket, err)
+		return Message{}, notSent{fmt.Errorf("connect to control socket %s: %w", socket, err)}
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
@@ -196,7 +206,7 @@ func doOnce(ctx context.Context, socket string, req Request, fn func(Message), f
 
 	b, _ := json.Marshal(req)
 	if _, err := conn.Write(append(b, '\n')); err != nil {
-		return Message{}, fmt.Errorf("send %s request: %w", req.Cmd, err)
+		return Message{}, notSent{fmt.Errorf("send %s request: %w", req.Cmd, err)}
 	}
 	// A decoder, not a line scanner: a status of many thousand workers is
 	// one long line.
