@@ -463,3 +463,32 @@ func testFailedBuildTakesItsTree(t *testing.T, m workerMode) {
 		})
 	}
 }
+
+// Sweep: a first generation started with SIGINT ignored (as a shell
+// starts a background job) catches it, and its worker processes get it at
+// its default, not ignored: a worker must stop on the signals its master
+// passes on.
+func TestHostileWorkersDoNotInheritIgnoredSignals(t *testing.T) {
+	s := newService(t, helloV1, "hello")
+	s.wrap = []string{"sh", "-c", `trap '' INT; exec "$0" "$@"`}
+	s.start("--workers", "1", "--worker-mode", "process")
+	s.waitReady()
+	workers := s.workerPIDs()
+	if len(workers) != 1 {
+		t.Fatalf("workers: %v", workers)
+	}
+	for _, pid := range []int{s.pid(), workers[0]} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "SigIgn:"); ok {
+				mask, _ := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+				if mask&(1<<(int(syscall.SIGINT)-1)) != 0 {
+					t.Errorf("pid %d ignores SIGINT (SigIgn %s)", pid, strings.TrimSpace(v))
+				}
+			}
+		}
+	}
+}
