@@ -321,10 +321,10 @@ func stop(c *cli.Context) error {
 			}
 		}
 	}
-	what := fmt.Sprintf("pid %d", pids[0])
+	also := ""
 	if len(pids) > 1 {
-		what = fmt.Sprintf("pids %s", strings.Trim(fmt.Sprint(pids), "[]"))
+		also = fmt.Sprintf(", with the new generation pid %s", strings.Trim(fmt.Sprint(pids[1:]), "[]"))
 	}
-	fmt.Fprintf(c.App.Writer, "stopped: %s exited after %d ms\n", what, time.Since(start).Milliseconds())
+	fmt.Fprintf(c.App.Writer, "stopped: pid %d exited after %d ms%s\n", pids[0], time.Since(start).Milliseconds(), also)
 	return nil
 }
