@@ -65,11 +65,13 @@ bench:
 soak:
 	HANDOFF_SOAK=100 $(GO) test -tags integration -count=1 -timeout 30m -run TestSoak -v ./integration/
 
-# The parsers of what a client or a file may say; their seed corpora run in `make test`.
+# The parsers of what a client or a file may say, and the HTTP drain's edge
+# (partial and pipelined requests around its start); their seed corpora run in `make test`.
 FUZZTIME ?= 60s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./internal/control/
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePIDs$$' -fuzztime $(FUZZTIME) ./upgrader/
+	$(GO) test -run '^$$' -fuzz '^FuzzHTTPDrainEdge$$' -fuzztime $(FUZZTIME) ./upgrader/
 
 # Mutation testing (gremlins) of the drain, the handover, probation and the
 # supervisors, against the unit tests of ./upgrader (not the integration

@@ -99,7 +99,23 @@ switch() {
 	from=$(serving)
 	swap "$1" || return 1
 	echo "release: current -> $1 (was $from), reloading"
-	if handoff reload --pidfile "$PIDFILE"; then
+	rc=0
+	handoff reload --pidfile "$PIDFILE" || rc=$?
+	if [ "$rc" -eq 3 ]; then
+		# The reload's --timeout passed first: the upgrade goes on in the
+		# service. Its outcome is whatever serves once it is over.
+		echo "release: the reload is still in progress; waiting for its outcome" >&2
+		i=0
+		while handoff status --json --pidfile "$PIDFILE" 2>/dev/null | grep -q '"upgrade_in_progress": true'; do
+			i=$((i + 1))
+			[ "$i" -le "${RELOAD_WAIT:-600}" ] || die "the reload still has no outcome after ${RELOAD_WAIT:-600}s; current points at $1"
+			sleep 1
+		done
+		if [ "$(served)" = "$1" ]; then
+			echo "release: $1 serves"
+			return 0
+		fi
+	elif [ "$rc" -eq 0 ]; then
 		return 0
 	fi
 	back=$(served)

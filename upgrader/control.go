@@ -49,7 +49,21 @@ func (u *Upgrader) closeControl() {
 
 // serveControl answers control requests until the socket is closed, then
 // waits for the requests in progress.
+//
+// Only the serving generation answers: a new generation shares the socket
+// with the one that started it, and accepts nothing on it until it is
+// ready (or must stop), so that a status or a stop sent meanwhile reaches
+// the generation that serves, and waits in the socket's queue for it.
 func (u *Upgrader) serveControl(done <-chan struct{}) {
+	if u.ppid != 0 {
+		select {
+		case <-u.ready:
+		case <-u.exit:
+			return
+		case <-done:
+			return
+		}
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
@@ -92,6 +106,20 @@ func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 		w.Final(control.Message{}, err)
 		return
 	}
+	// A request this generation accepted in the moment between its
+	// handover and the close of its socket belongs to the new generation:
+	// a stop is passed on to it, anything else is sent back to be asked
+	// again, when only the new generation answers.
+	if succ := u.handedOverTo(); succ > 0 {
+		if req.Cmd == control.CmdStop {
+			u.requestStop("via", "control socket")
+			w.Progress("stop", fmt.Sprintf("pid %d draining, passed on to the new generation pid %d", os.Getpid(), succ))
+			w.Final(control.Message{Status: u.status(), Stopping: []int{os.Getpid(), succ}}, nil)
+			return
+		}
+		w.Final(control.Message{HandedOver: succ}, fmt.Errorf("pid %d has handed over to pid %d: ask again", os.Getpid(), succ))
+		return
+	}
 	switch req.Cmd {
 	case control.CmdStatus:
 		w.Final(control.Message{Status: u.status()}, nil)
@@ -114,11 +142,19 @@ func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 		n, err := u.roll(context.Background(), func(msg string) { w.Progress("worker", msg) })
 		w.Final(control.Message{Msg: fmt.Sprintf("%d of %d workers replaced", n, u.opts.Workers), Status: u.status()}, err)
 	case control.CmdStop:
+		stopping := []int{os.Getpid()}
 		if u.requestStop("via", "control socket") {
 			w.Progress("stop", fmt.Sprintf("pid %d draining, timeout %s", os.Getpid(), u.opts.DrainTimeout))
 		} else {
 			w.Progress("stop", fmt.Sprintf("pid %d stops once the upgrade in progress has ended, with the new generation", os.Getpid()))
+			// The upgrade holds the phase lock until its outcome is set:
+			// the reply names the new generation too, if there is one.
+			u.phaseMu.Lock()
+			u.phaseMu.Unlock()
+			if succ := u.handedOverTo(); succ > 0 {
+				stopping = append(stopping, succ)
+			}
 		}
-		w.Final(control.Message{Status: u.status()}, nil)
+		w.Final(control.Message{Status: u.status(), Stopping: stopping}, nil)
 	}
 }

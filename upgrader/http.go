@@ -26,7 +26,10 @@ const newConnGrace = 5 * time.Second
 // A drain first stops accepting: the listeners are closed and every accept
 // loop has returned. Each connection then finishes its request with
 // "Connection: close", an idle keep-alive connection gets IdleGrace to send
-// one more request (answered the same way) before it is closed, and HTTP/2
+// one more request (answered the same way) before it is closed, a request
+// whose first bytes have arrived is never taken for idle (its deadline is
+// the server's own ReadHeaderTimeout, and one closed unanswered during the
+// drain is counted as cut), and HTTP/2
 // connections get a GOAWAY and finish their streams. What is still open at
 // the drain timeout is cut, and the count is logged. Unlike calling
 // http.Server.Shutdown alone, no request read after the drain began is
@@ -46,6 +49,8 @@ type HTTPServer struct {
 	drainOnce sync.Once
 	drainErr  error
 
+	pool *pool
+
 	mu    sync.Mutex
 	conns map[net.Conn]connInfo
 }
@@ -61,6 +66,7 @@ func (s *HTTPServer) setup(w *Worker) {
 			s.IdleGrace = DefaultIdleGrace
 		}
 		s.drainC = w.Draining()
+		s.pool = w.pool
 		// Decided once: serving sets TLSConfig for HTTP/2 as it starts.
 		s.tls = s.Server.TLSConfig != nil
 		s.conns = make(map[net.Conn]connInfo)
@@ -99,9 +105,29 @@ func (s *HTTPServer) track(c net.Conn, st http.ConnState) {
 	defer s.mu.Unlock()
 	switch st {
 	case http.StateClosed, http.StateHijacked:
+		ci, ok := s.conns[c]
+		// Closed during the drain with a request begun and not read whole
+		// (the server's own header timeout, or the client gave up): cut.
+		if ok && st == http.StateClosed && ci.state != http.StateActive && requestBegun(c) && s.draining() {
+			s.pool.addCut(1)
+		}
 		delete(s.conns, c)
 	default:
+		if st == http.StateNew || st == http.StateIdle {
+			if t := trackedOf(c); t != nil {
+				t.waiting()
+			}
+		}
 		s.conns[c] = connInfo{state: st, since: time.Now()}
+	}
+}
+
+func (s *HTTPServer) draining() bool {
+	select {
+	case <-s.drainC:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -117,10 +143,11 @@ func (s *HTTPServer) Worker(ctx context.Context, w *Worker) error {
 		s.serving.Add(1)
 		go func() {
 			defer s.serving.Done()
+			tl := trackedListener{Listener: ln, plain: !s.tls}
 			if s.tls {
-				errc <- s.Server.ServeTLS(ln, "", "")
+				errc <- s.Server.ServeTLS(tl, "", "")
 			} else {
-				errc <- s.Server.Serve(ln)
+				errc <- s.Server.Serve(tl)
 			}
 		}()
 	}
@@ -188,9 +215,12 @@ func (s *HTTPServer) closeIdle(drainStart time.Time) int {
 		}
 		idle := (ci.state == http.StateIdle && now.Sub(since) >= s.IdleGrace) ||
 			(ci.state == http.StateNew && now.Sub(since) >= newConnGrace)
-		// A request that has arrived but that no goroutine has read yet
-		// (a starved server) makes the connection busy, not idle.
-		if idle && !pendingInput(c) {
+		// A request that has begun to arrive (read in part, which net/http
+		// does not tell until the whole header is there), or that no
+		// goroutine has read yet (a starved server), makes the connection
+		// busy, not idle: it is left to the server's own header timeout,
+		// and to the drain timeout.
+		if idle && !requestBegun(c) && !pendingInput(c) {
 			c.Close()
 			delete(s.conns, c)
 			continue

@@ -2,16 +2,24 @@ package upgrader
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 )
 
+// maxPIDFileSize bounds what is read of a file found at a PID file's path.
+const maxPIDFileSize = 1 << 20
+
 // WritePIDFile writes pids, one a line, to path atomically: a temporary file
 // in the same folder is renamed over path, so readers see the old or the new
-// content and a symlink planted at path is replaced, never followed.
+// content and a symlink planted at path is replaced, never followed. It only
+// ever replaces a file that holds nothing but pids (see CheckPIDPath).
 func WritePIDFile(path string, pids ...int) error {
+	if err := CheckPIDPath(path); err != nil {
+		return err
+	}
 	var b bytes.Buffer
 	for _, pid := range pids {
 		b.WriteString(strconv.Itoa(pid))
@@ -41,6 +49,51 @@ func WritePIDFile(path string, pids ...int) error {
 		return fmt.Errorf("upgrader: write pid file %s: %w", path, werr)
 	}
 	return nil
+}
+
+// CheckPIDPath reports whether path may be written as a PID file: nothing
+// is there, or a symlink (replaced, never followed), or a regular file that
+// holds nothing but pids. Anything else (a file with other content, a
+// folder, a device such as /dev/null, a socket) is refused, with an error
+// naming it.
+func CheckPIDPath(path string) error {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("upgrader: pid file %s: %w", path, err)
+	case fi.Mode()&os.ModeSymlink != 0:
+		return nil
+	case fi.IsDir():
+		return fmt.Errorf("upgrader: pid file %s is a folder, not a pid file", path)
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("upgrader: pid file %s is not a regular file (%s): refusing to replace it", path, fileKind(fi.Mode()))
+	case fi.Size() > maxPIDFileSize:
+		return fmt.Errorf("upgrader: pid file %s holds %d bytes, not a list of pids: refusing to replace it", path, fi.Size())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("upgrader: pid file %s: %w", path, err)
+	}
+	if _, err := ParsePIDs(b); err != nil {
+		return fmt.Errorf("upgrader: pid file %s holds something else than pids (%w): refusing to replace it; remove it or choose another path", path, err)
+	}
+	return nil
+}
+
+func fileKind(m os.FileMode) string {
+	switch {
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe"
+	}
+	return m.Type().String()
 }
 
 // ReadPIDFile returns the pids listed in path, one a line.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
@@ -43,6 +44,9 @@ var (
 	ErrStopping = errors.New("upgrader: stopping")
 	// ErrNotReady: this generation has not reported ready yet.
 	ErrNotReady = errors.New("upgrader: not ready yet")
+	// ErrInvalidOptions: the Options contradict themselves, such as two
+	// of their paths naming the same file. New's error wraps it.
+	ErrInvalidOptions = errors.New("upgrader: invalid options")
 	// ErrRollInProgress: a rolling restart of the worker processes has
 	// not finished yet.
 	ErrRollInProgress = errors.New("upgrader: rolling restart of the workers in progress")
@@ -242,9 +246,20 @@ func New(opts Options) (*Upgrader, error) {
 		return nil, err
 	}
 	hasParent := os.Getenv(tableflipParentEnv) != ""
+	if err := checkPaths(opts); err != nil {
+		return nil, err
+	}
 	if !hasParent && opts.PIDFile != "" {
 		if err := checkPIDDir(opts.PIDFile); err != nil {
 			return nil, err
+		}
+		if err := CheckPIDPath(opts.PIDFile); err != nil {
+			return nil, err
+		}
+		if opts.WorkerMode == ProcessWorkers && opts.WorkersPIDFile != "" {
+			if err := CheckPIDPath(opts.WorkersPIDFile); err != nil {
+				return nil, err
+			}
 		}
 		gen := 1
 		if restored {
@@ -263,6 +278,7 @@ func New(opts Options) (*Upgrader, error) {
 		return nil, fmt.Errorf("upgrader: %w", err)
 	}
 	os.Unsetenv(tableflipParentEnv)
+	os.Unsetenv(treeEnv)
 	if hasParent {
 		// tableflip's pipes to the parent, fds 3 and 4, are inherited
 		// without close-on-exec; fd 4 stays open until the parent has
@@ -358,6 +374,39 @@ func (u *Upgrader) loadState() error {
 	u.upgradeStart = st.UpgradeStart
 	if st.Stats != nil {
 		u.stats = *st.Stats
+	}
+	return nil
+}
+
+// MaxWorkers bounds Options.Workers: far more would only exhaust memory
+// (a hundred million goroutine workers crash the process at start).
+const MaxWorkers = 100_000
+
+// maxSocketPath is the longest path a unix socket can be bound to (Linux
+// sun_path less its final NUL; macOS allows 103).
+const maxSocketPath = 107
+
+// checkPaths refuses options whose files would overwrite one another, a
+// control socket path too long to bind, and too many workers.
+func checkPaths(opts Options) error {
+	if opts.Workers > MaxWorkers {
+		return fmt.Errorf("%w: %d workers, more than the %d allowed", ErrInvalidOptions, opts.Workers, MaxWorkers)
+	}
+	if n := len(opts.ControlSocket); n > maxSocketPath {
+		return fmt.Errorf("%w: the control socket path %s is %d bytes, longer than the %d a unix socket takes: choose a shorter PID file path", ErrInvalidOptions, opts.ControlSocket, n, maxSocketPath)
+	}
+	paths := []struct{ flag, path string }{
+		{"PID file", opts.PIDFile}, {"control socket", opts.ControlSocket},
+	}
+	if opts.WorkerMode == ProcessWorkers {
+		paths = append(paths, struct{ flag, path string }{"workers PID file", opts.WorkersPIDFile})
+	}
+	for i, a := range paths {
+		for _, b := range paths[i+1:] {
+			if a.path != "" && b.path != "" && filepath.Clean(a.path) == filepath.Clean(b.path) {
+				return fmt.Errorf("%w: the %s and the %s are both %s", ErrInvalidOptions, a.flag, b.flag, a.path)
+			}
+		}
 	}
 	return nil
 }
@@ -643,7 +692,12 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	u.sdReloading()
 	u.publishWorkers(false)
 	relay := u.captureStderr()
+	mark, unmark := markTree()
 	err := u.tfUpgrade()
+	unmark()
+	if err != nil {
+		u.killTree(mark, err)
+	}
 	tail := relay.finish(err != nil)
 	took := time.Since(start)
 	phase := "draining"
@@ -742,10 +796,34 @@ func (u *Upgrader) requestStop(by ...any) (now bool) {
 		u.log.Info("stop requested during an upgrade: both generations stop once it has ended", by...)
 		return false
 	}
+	succ := 0
+	if u.phase.Load() == "draining" {
+		succ = u.successor
+	}
 	u.mu.Unlock()
+	if succ > 0 {
+		// Asked of this generation after its handover: the service is the
+		// new generation now.
+		u.log.Info("stop requested after the handover: passed on to the new generation", append(by, "new_pid", succ)...)
+		if err := terminate(succ); err != nil {
+			u.log.Error("cannot stop the new generation", "new_pid", succ, "err", err)
+		}
+		return true
+	}
 	u.log.Info("stopping", by...)
 	u.Stop()
 	return true
+}
+
+// handedOverTo returns the pid of the new generation once this one has
+// handed over to it, 0 before.
+func (u *Upgrader) handedOverTo() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.phase.Load() != "draining" {
+		return 0
+	}
+	return u.successor
 }
 
 // reclaimPIDFile writes this process's pid back into the PID file after a
@@ -833,6 +911,8 @@ func (u *Upgrader) status() *control.Status {
 		State:      u.phase.Load().(string),
 		Listeners:  append([]string(nil), u.addrs...),
 		LastError:  u.lastError,
+
+		UpgradeInProgress: u.upgrading.Load() && !u.rolling.Load(),
 	}
 	select {
 	case <-u.parent:

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -134,18 +135,6 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	return app
 }
 
-// servicePID reads the pid of the serving generation.
-func servicePID(pidfile string) (int, error) {
-	pids, err := upgrader.ReadPIDFile(pidfile)
-	if err != nil {
-		return 0, fmt.Errorf("no running service: %w", err)
-	}
-	if len(pids) != 1 {
-		return 0, fmt.Errorf("pid file %s: want one pid, found %d", pidfile, len(pids))
-	}
-	return pids[0], nil
-}
-
 func request(c *cli.Context, cmd string, progress func(control.Message)) (control.Message, error) {
 	pidfile := c.String("pidfile")
 	ctx := c.Context
@@ -192,6 +181,14 @@ func reload(c *cli.Context) error {
 		m, err = control.Follow(ctx, socket, req, show)
 	}
 	if err != nil {
+		switch {
+		case errors.Is(err, control.ErrNoService):
+			return fmt.Errorf("reload: %w", err)
+		case errors.Is(err, control.ErrNotSent):
+			return fmt.Errorf("reload not asked, nothing changed: %w", err)
+		case !m.Final && errors.Is(err, context.DeadlineExceeded):
+			return exitError{code: ExitInProgress, err: fmt.Errorf("reload still in progress after --timeout %s: no verdict yet, the service goes on with the upgrade; 'handoff status' says when it is over (upgrade_in_progress)", c.Duration("timeout"))}
+		}
 		return reloadError{err: err, stderr: m.Stderr}
 	}
 	if follow && !v.drained && v.drainSeen {
@@ -203,6 +200,21 @@ func reload(c *cli.Context) error {
 	}
 	return nil
 }
+
+// ExitInProgress is handoff reload's exit code when its --timeout passed
+// before the upgrade had an outcome: the upgrade goes on in the service,
+// and neither success nor failure is known yet.
+const ExitInProgress = 3
+
+// exitError is an error with an exit code of its own.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string { return e.err.Error() }
+
+func (e exitError) Unwrap() error { return e.err }
 
 // reloadError is a failed reload: one line saying why, then the new
 // generation's last lines of stderr if it printed any.
@@ -274,28 +286,45 @@ func firstLine(s string) string {
 	return s
 }
 
+// stop asks the service to stop and waits for the processes it says stop:
+// the serving generation, and the new one if an upgrade was in progress.
+// The PID file is not trusted for that: it may be stale or bogus.
 func stop(c *cli.Context) error {
-	pid, err := servicePID(c.String("pidfile"))
+	pidfile := c.String("pidfile")
+	start := time.Now()
+	m, err := request(c, control.CmdStop, nil)
 	if err != nil {
 		return err
 	}
-	start := time.Now()
-	if _, err := request(c, control.CmdStop, nil); err != nil {
-		return err
+	pids := m.Stopping
+	if len(pids) == 0 && m.Status != nil { // a service from before Stopping
+		pids = []int{m.Status.PID}
+	}
+	if len(pids) == 0 {
+		return errors.New("the service's reply to stop names no process")
+	}
+	if filePIDs, err := upgrader.ReadPIDFile(pidfile); err == nil && len(filePIDs) == 1 && !slices.Contains(pids, filePIDs[0]) {
+		logger(c).Warn("the pid file names another process than the service", "path", pidfile, "pid_file", filePIDs[0], "service_pid", pids[0])
 	}
 	deadline := time.Now().Add(c.Duration("timeout"))
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for proc.Alive(pid) {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("pid %d still running after %s", pid, c.Duration("timeout"))
-		}
-		select {
-		case <-tick.C:
-		case <-c.Context.Done():
-			return c.Context.Err()
+	for _, pid := range pids {
+		for proc.Alive(pid) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("pid %d still running after %s", pid, c.Duration("timeout"))
+			}
+			select {
+			case <-tick.C:
+			case <-c.Context.Done():
+				return c.Context.Err()
+			}
 		}
 	}
-	fmt.Fprintf(c.App.Writer, "stopped: pid %d exited after %d ms\n", pid, time.Since(start).Milliseconds())
+	also := ""
+	if len(pids) > 1 {
+		also = fmt.Sprintf(", with the new generation pid %s", strings.Trim(fmt.Sprint(pids[1:]), "[]"))
+	}
+	fmt.Fprintf(c.App.Writer, "stopped: pid %d exited after %d ms%s\n", pids[0], time.Since(start).Milliseconds(), also)
 	return nil
 }

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/gohandoff/handoff/upgrader"
 )
 
 func main() {
@@ -16,15 +18,20 @@ func main() {
 }
 
 // run runs the CLI and turns its error into an exit code: 2 for usage
-// errors, 1 for the rest.
+// errors, ExitInProgress for a reload whose outcome is not known yet, 1
+// for the rest.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	err := newApp(stdout, stderr).RunContext(ctx, args)
 	if err == nil {
 		return 0
 	}
 	fmt.Fprintln(stderr, "handoff:", err)
+	var ee exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
 	var ue usageError
-	if errors.As(err, &ue) {
+	if errors.As(err, &ue) || errors.Is(err, upgrader.ErrInvalidOptions) {
 		return 2
 	}
 	return 1

@@ -14,13 +14,14 @@
 package control
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -55,6 +56,14 @@ type Message struct {
 	// Stderr holds the last lines of stderr of a new generation that
 	// failed before it was ready, on the final message of an upgrade.
 	Stderr []string `json:"stderr,omitempty"`
+	// HandedOver, on a failed final message, is the pid of the new
+	// generation that the asked one has just handed over to: the request
+	// is to be sent again, and only the new generation answers then.
+	HandedOver int `json:"handed_over_to,omitempty"`
+	// Stopping, on the final message of a stop, lists every process that
+	// stops as asked: the serving generation, and the new one when the
+	// stop came during an upgrade that succeeded.
+	Stopping []int `json:"stopping,omitempty"`
 }
 
 // Drain is the progress of an old generation's drain after an upgrade.
@@ -93,6 +102,9 @@ type Status struct {
 	// Rollback says why the worker processes run the previous build, if
 	// they do: they crash-looped right after this generation's upgrade.
 	Rollback string `json:"rollback,omitempty"`
+	// UpgradeInProgress: an upgrade was asked and has no outcome yet (it
+	// may wait for the previous generation's drain).
+	UpgradeInProgress bool `json:"upgrade_in_progress,omitempty"`
 }
 
 // WorkerStatus describes one worker of the pool.
@@ -152,11 +164,41 @@ func Follow(ctx context.Context, socket string, req Request, fn func(Message)) (
 	return do(ctx, socket, req, fn, true)
 }
 
+// ErrNoService: nothing listens on the control socket, so no service runs
+// there (a killed one may have left the socket file).
+var ErrNoService = errors.New("no service runs")
+
+// ErrNotSent: the request never reached the service (it could not be
+// connected to, or the request not written), so it did nothing.
+var ErrNotSent = errors.New("request not sent")
+
+type notSent struct{ error }
+
+func (e notSent) Is(target error) bool { return target == ErrNotSent }
+
+func (e notSent) Unwrap() error { return e.error }
+
+// maxHandOvers bounds how often a request is sent again because the
+// generation it reached had just handed over.
+const maxHandOvers = 5
+
 func do(ctx context.Context, socket string, req Request, fn func(Message), follow bool) (Message, error) {
+	for i := 0; ; i++ {
+		m, err := doOnce(ctx, socket, req, fn, follow)
+		if m.HandedOver == 0 || i == maxHandOvers {
+			return m, err
+		}
+	}
+}
+
+func doOnce(ctx context.Context, socket string, req Request, fn func(Message), follow bool) (Message, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
-		return Message{}, fmt.Errorf("connect to control socket %s: %w", socket, err)
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return Message{}, notSent{fmt.Errorf("%w on control socket %s: %w", ErrNoService, socket, err)}
+		}
+		return Message{}, notSent{fmt.Errorf("connect to control socket %s: %w", socket, err)}
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
@@ -164,14 +206,18 @@ func do(ctx context.Context, socket string, req Request, fn func(Message), follo
 
 	b, _ := json.Marshal(req)
 	if _, err := conn.Write(append(b, '\n')); err != nil {
-		return Message{}, fmt.Errorf("send %s request: %w", req.Cmd, err)
+		return Message{}, notSent{fmt.Errorf("send %s request: %w", req.Cmd, err)}
 	}
-	sc := bufio.NewScanner(conn)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
+	// A decoder, not a line scanner: a status of many thousand workers is
+	// one long line.
+	dec := json.NewDecoder(conn)
+	for {
 		var m Message
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			return Message{}, fmt.Errorf("decode reply to %s: %w", req.Cmd, err)
+		if err := dec.Decode(&m); err != nil {
+			return Message{}, replyError(ctx, req.Cmd, err)
+		}
+		if m.Final && !m.OK && m.HandedOver != 0 {
+			return m, errors.New(m.Error)
 		}
 		if fn != nil && (follow || !m.Final) {
 			fn(m)
@@ -183,43 +229,65 @@ func do(ctx context.Context, socket string, req Request, fn func(Message), follo
 			return m, errors.New(m.Error)
 		}
 		if follow {
-			for sc.Scan() {
+			for {
 				var after Message
-				if json.Unmarshal(sc.Bytes(), &after) == nil && fn != nil {
+				if dec.Decode(&after) != nil {
+					break
+				}
+				if fn != nil {
 					fn(after)
 				}
 			}
 		}
 		return m, nil
 	}
-	if ctx.Err() != nil {
-		return Message{}, fmt.Errorf("%s: %w", req.Cmd, ctx.Err())
-	}
-	if err := sc.Err(); err != nil {
-		return Message{}, fmt.Errorf("read reply to %s: %w", req.Cmd, err)
-	}
-	return Message{}, fmt.Errorf("%s: connection closed before a reply", req.Cmd)
 }
 
-// Writer sends the messages of one reply.
+// replyError says why no final message came.
+func replyError(ctx context.Context, cmd string, err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("%s: %w", cmd, ctx.Err())
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("%s: connection closed before a reply", cmd)
+	case errors.As(err, &syn) || errors.As(err, &typ):
+		return fmt.Errorf("decode reply to %s: %w", cmd, err)
+	}
+	return fmt.Errorf("read reply to %s: %w", cmd, err)
+}
+
+// WriteTimeout bounds each message a service writes: a client that stops
+// reading (or never reads a long status) cannot hold the service's
+// request handler, and with it the service's exit, for longer.
+const WriteTimeout = 5 * time.Second
+
+// Writer sends the messages of one reply, each bounded by WriteTimeout.
 type Writer struct {
-	enc *json.Encoder
+	conn net.Conn
+	enc  *json.Encoder
 }
 
 // NewWriter returns a Writer on conn.
 func NewWriter(conn net.Conn) *Writer {
-	return &Writer{enc: json.NewEncoder(conn)}
+	return &Writer{conn: conn, enc: json.NewEncoder(conn)}
+}
+
+func (w *Writer) send(m Message) error {
+	w.conn.SetWriteDeadline(time.Now().Add(WriteTimeout))
+	return w.enc.Encode(m)
 }
 
 // Progress sends a progress message.
 func (w *Writer) Progress(step, msg string) error {
-	return w.enc.Encode(Message{Step: step, Msg: msg})
+	return w.send(Message{Step: step, Msg: msg})
 }
 
 // Send sends m as it is: a progress message, or one that follows the
 // final message.
 func (w *Writer) Send(m Message) error {
-	return w.enc.Encode(m)
+	return w.send(m)
 }
 
 // Final sends the final message, failed if err is not nil.
@@ -229,5 +297,5 @@ func (w *Writer) Final(m Message, err error) error {
 	if err != nil {
 		m.Error = err.Error()
 	}
-	return w.enc.Encode(m)
+	return w.send(m)
 }

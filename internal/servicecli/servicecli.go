@@ -40,7 +40,7 @@ func Main(name string, run func(args []string) error) {
 	}
 	fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 	var ue usageError
-	if errors.As(err, &ue) {
+	if errors.As(err, &ue) || errors.Is(err, upgrader.ErrInvalidOptions) {
 		os.Exit(2)
 	}
 	os.Exit(1)
@@ -206,8 +206,11 @@ func ParseAddr(s string) (Addr, error) {
 	}
 	switch scheme {
 	case "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6":
-		if err := CheckAddr(rest); err != nil || strings.HasPrefix(rest, "systemd:") {
+		if strings.HasPrefix(rest, "systemd:") {
 			return Addr{}, fmt.Errorf("want %s://HOST:PORT", scheme)
+		}
+		if err := CheckAddr(rest); err != nil {
+			return Addr{}, fmt.Errorf("want %s://HOST:PORT: %w", scheme, err)
 		}
 	case "unix":
 		if !strings.HasPrefix(rest, "/") {

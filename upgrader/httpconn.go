@@ -1,0 +1,119 @@
+package upgrader
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// trackedListener hands an HTTPServer its connections as trackedConns.
+type trackedListener struct {
+	net.Listener
+	plain bool // not TLS: net/http reads the connection itself
+}
+
+func (l trackedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &trackedConn{Conn: c, plain: l.plain}, nil
+}
+
+// netHTTPReadBuf is the size of the buffered reader net/http reads a
+// connection through. Once a connection is idle, it asks for 4 bytes of
+// the next request; when its buffer still holds 1 to 3 bytes of it (sent
+// together with the previous request), its read asks for the room left,
+// less than the whole buffer: that says a request has begun although no
+// new byte arrived. FuzzHTTPDrainEdge's pipelined seeds check it.
+const netHTTPReadBuf = 4096
+
+// trackedConn is a connection of an HTTPServer as net/http reads it. It
+// sees a request begin to arrive, which net/http does not tell: ConnState
+// stays New or Idle until a whole header has been read, so a drain that
+// trusted it alone would close a connection whose request is half there.
+type trackedConn struct {
+	net.Conn
+	// started: bytes of a request have arrived since the connection was
+	// last New or Idle.
+	started atomic.Bool
+	// deadlines counts the read deadlines set since then. net/http sets
+	// one when a connection goes idle and another once the first bytes of
+	// the next request are there, which its reader may hold already (a
+	// pipelined request): the second says a request has begun.
+	deadlines atomic.Int32
+	// plain: net/http reads this connection directly (no TLS between),
+	// so the size of its first read after waiting tells what it holds.
+	plain     bool
+	firstRead atomic.Bool
+}
+
+// waiting marks the connection New or Idle: no request has begun yet.
+func (c *trackedConn) waiting() {
+	c.started.Store(false)
+	c.deadlines.Store(0)
+	c.firstRead.Store(true)
+}
+
+func (c *trackedConn) Read(b []byte) (int, error) {
+	if c.plain && c.firstRead.CompareAndSwap(true, false) && len(b) < netHTTPReadBuf && len(b) >= netHTTPReadBuf-3 {
+		c.started.Store(true)
+	}
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.started.Store(true)
+	}
+	return n, err
+}
+
+func (c *trackedConn) SetReadDeadline(t time.Time) error {
+	if c.deadlines.Add(1) >= 2 {
+		c.started.Store(true)
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+// SyscallConn reaches the socket, for pendingInput.
+func (c *trackedConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("upgrader: connection has no socket")
+	}
+	return sc.SyscallConn()
+}
+
+// CloseWrite and ReadFrom keep what net/http does with a TCP connection:
+// a half close before closing, sendfile for files.
+func (c *trackedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(c.Conn, r)
+}
+
+// trackedOf returns the trackedConn below c, or nil.
+func trackedOf(c net.Conn) *trackedConn {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	t, _ := c.(*trackedConn)
+	return t
+}
+
+// requestBegun reports whether a request has begun to arrive on c, which
+// net/http still has New or Idle.
+func requestBegun(c net.Conn) bool {
+	t := trackedOf(c)
+	return t != nil && t.started.Load()
+}
