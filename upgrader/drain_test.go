@@ -134,7 +134,7 @@ func TestDrainKeepsIdleConnWhoseRequestWaitsInKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	ln := &heldListener{Listener: tcp, conns: make(chan *heldConn, 1)}
-	idle := make(chan struct{}, 1)
+	idle := make(chan net.Conn, 1)
 	srv := &HTTPServer{
 		IdleGrace: time.Millisecond,
 		Server: &http.Server{
@@ -143,8 +143,8 @@ func TestDrainKeepsIdleConnWhoseRequestWaitsInKernel(t *testing.T) {
 			// serving the connection, before it reads again.
 			ConnState: func(c net.Conn, st http.ConnState) {
 				if st == http.StateIdle {
-					c.(*heldConn).holdReads()
-					idle <- struct{}{}
+					heldOf(c).holdReads()
+					idle <- c
 				}
 			},
 		},
@@ -170,8 +170,9 @@ func TestDrainKeepsIdleConnWhoseRequestWaitsInKernel(t *testing.T) {
 	if resp := readResponse(t, br); resp.Close {
 		t.Fatal("first response closes the connection before any drain")
 	}
+	var served net.Conn // the connection as net/http and the drain see it
 	select {
-	case <-idle:
+	case served = <-idle:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the connection never went idle after its first request")
 	}
@@ -187,7 +188,7 @@ func TestDrainKeepsIdleConnWhoseRequestWaitsInKernel(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond) // polling the kernel, bounded
 	}
-	if st := trackedState(srv, sc); st != http.StateIdle {
+	if st := trackedState(srv, served); st != http.StateIdle {
 		t.Fatalf("connection state %s with its request unread, want idle", st)
 	}
 
@@ -222,6 +223,14 @@ func TestDrainKeepsIdleConnWhoseRequestWaitsInKernel(t *testing.T) {
 	if err := <-drained; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// heldOf returns the heldConn below the connection net/http serves.
+func heldOf(c net.Conn) *heldConn {
+	if tc := trackedOf(c); tc != nil {
+		c = tc.Conn
+	}
+	return c.(*heldConn)
 }
 
 // trackedState is the drain's view of c.
