@@ -49,7 +49,7 @@ func newSdApp(t *testing.T, sd *realSystemd, unit string) *sdApp {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &sdApp{t: t, sd: sd, dir: dir, addr: freeAddr(t), unit: unit}
+	a := &sdApp{t: t, sd: sd.in(t), dir: dir, addr: freeAddr(t), unit: unit}
 	if err := os.MkdirAll(a.current(), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -349,6 +349,14 @@ func (a *sdApp) install(c sdCase) {
 	pw.Close()
 	a.log = newLogWatch(pr)
 	t.Cleanup(func() { cancel(); cmd.Wait() })
+}
+
+// in returns sd as seen from test t (a subtest), so that a failed
+// command fails t rather than the test that booted systemd.
+func (sd *realSystemd) in(t *testing.T) *realSystemd {
+	c := *sd
+	c.t = t
+	return &c
 }
 
 // cursor returns the journal's cursor now.

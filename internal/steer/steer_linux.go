@@ -160,6 +160,10 @@ func (g *Group) Add() (int, *os.File, error) {
 		unix.Close(fd)
 		return 0, nil, fmt.Errorf("steer: SO_REUSEPORT: %w", err)
 	}
+	// As Go's listeners: the connections accepted on this socket inherit
+	// SO_REUSEADDR, so once the service has stopped, those still closing
+	// (FIN_WAIT, TIME_WAIT) do not keep the next start from binding.
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
 	if g.family == unix.AF_INET6 {
 		// As the base socket: Go's listeners on [::] take IPv4 too.
 		if v6only, err := g.v6only(); err == nil {
