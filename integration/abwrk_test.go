@@ -57,47 +57,15 @@ func countIn(t *testing.T, report, pattern string) int {
 // Row 16: ab -k, keep-alive clients, through 5 upgrades: every request
 // completes, none fails.
 func TestFaultApacheBenchKeepAlive(t *testing.T) {
-	ab := lookTool(t, "ab", "apache2-utils")
-	forEachMode(t, func(t *testing.T, m workerMode) { testApacheBenchKeepAlive(t, ab, m) })
+	lookTool(t, "ab", "apache2-utils")
+	forEachMode(t, func(t *testing.T, m workerMode) { testApacheBenchKeepAlive(t, m) })
 }
 
-func testApacheBenchKeepAlive(t *testing.T, ab string, m workerMode) {
+func testApacheBenchKeepAlive(t *testing.T, m workerMode) {
 	s := startHello(t, helloV1, m.args...)
 	const total = 40000
-	cmd := exec.Command(ab, "-k", "-c", "50", "-n", strconv.Itoa(total), "-s", "30", "http://"+s.addr+"/")
-	var report bytes.Buffer
-	cmd.Stdout = &report
-	progress, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	// ab says "Completed N requests" every tenth of the run: upgrade after
-	// each of the first five.
-	sc := bufio.NewScanner(progress)
-	upgrades := 0
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "Finished") {
-			break
-		}
-		if strings.HasPrefix(line, "Completed") && upgrades < 5 {
-			s.upgradeN(upgrades)
-			upgrades++
-		}
-	}
-	var rest bytes.Buffer
-	rest.ReadFrom(progress)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("ab: %v\n%s%s", err, report.String(), rest.String())
-	}
-	if upgrades < 5 {
-		t.Fatalf("ab finished after %d upgrades, want 5 during its run", upgrades)
-	}
-	out := report.String()
+	const upgrades = 5
+	out := abThroughUpgrades(t, s.upgradeN, "-k", "-c", "50", "-n", strconv.Itoa(total), "-s", "30", "http://"+s.addr+"/")
 	complete := countIn(t, out, `Complete requests:\s+(\d+)`)
 	failed := countIn(t, out, `Failed requests:\s+(\d+)`)
 	non2xx := countIn(t, out, `Non-2xx responses:\s+(\d+)`)
@@ -178,4 +146,45 @@ func testWrkKeepAlive(t *testing.T, wrk string, m workerMode) {
 	if requests == 0 || socketErrs != 0 || non2xx != 0 {
 		t.Errorf("wrk report:\n%s", out)
 	}
+}
+
+// abThroughUpgrades runs ab with args (its URL last) and calls upgrade(i)
+// after each of the first five tenths of the run (ab says "Completed N
+// requests" every tenth); it fails the test unless all five ran while ab
+// did, and returns ab's report.
+func abThroughUpgrades(t *testing.T, upgrade func(i int), args ...string) string {
+	t.Helper()
+	ab := lookTool(t, "ab", "apache2-utils")
+	cmd := exec.Command(ab, args...)
+	var report bytes.Buffer
+	cmd.Stdout = &report
+	progress, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	sc := bufio.NewScanner(progress)
+	upgrades := 0
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "Finished") {
+			break
+		}
+		if strings.HasPrefix(line, "Completed") && upgrades < 5 {
+			upgrade(upgrades)
+			upgrades++
+		}
+	}
+	var rest bytes.Buffer
+	rest.ReadFrom(progress)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("ab: %v\n%s%s", err, report.String(), rest.String())
+	}
+	if upgrades < 5 {
+		t.Fatalf("ab finished after %d upgrades, want 5 during its run", upgrades)
+	}
+	return report.String()
 }

@@ -3,7 +3,6 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -155,46 +154,6 @@ func (n *frontNginx) statuses(t *testing.T) map[string]int {
 	return out
 }
 
-// abThroughUpgrades runs ab -n total -c 200 against url and calls
-// upgrade(i) after each of the first five tenths of the run; it fails the
-// test unless all five ran while ab did, and returns ab's report.
-func abThroughUpgrades(t *testing.T, url string, total int, upgrade func(i int)) string {
-	t.Helper()
-	ab := lookTool(t, "ab", "apache2-utils")
-	cmd := exec.Command(ab, "-c", "200", "-n", strconv.Itoa(total), "-s", "30", url)
-	var report bytes.Buffer
-	cmd.Stdout = &report
-	progress, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	sc := bufio.NewScanner(progress)
-	upgrades := 0
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "Finished") {
-			break
-		}
-		if strings.HasPrefix(line, "Completed") && upgrades < 5 {
-			upgrade(upgrades)
-			upgrades++
-		}
-	}
-	var rest bytes.Buffer
-	rest.ReadFrom(progress)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("ab: %v\n%s%s", err, report.String(), rest.String())
-	}
-	if upgrades < 5 {
-		t.Fatalf("ab finished after %d upgrades, want 5 during its run", upgrades)
-	}
-	return report.String()
-}
-
 // socketFileStat returns the inode of the socket file at path, failing the
 // test if there is none.
 func socketFileStat(t *testing.T, path string) (uint64, os.FileMode, int) {
@@ -253,7 +212,7 @@ func TestUnixSocketBehindNginx(t *testing.T) {
 				}
 			}
 			ngx := startNginx(t, sock)
-			report := abThroughUpgrades(t, "http://"+ngx.addr+"/", total, func(i int) {
+			report := abThroughUpgrades(t, func(i int) {
 				if m.name == "handoff-run-node" {
 					s.reload()
 				} else {
@@ -262,7 +221,7 @@ func TestUnixSocketBehindNginx(t *testing.T) {
 				if got, _, _ := socketFileStat(t, sock); got != ino {
 					t.Errorf("upgrade %d: the socket file was replaced (inode %d, was %d)", i+1, got, ino)
 				}
-			})
+			}, "-c", "200", "-n", strconv.Itoa(total), "-s", "30", "http://"+ngx.addr+"/")
 			complete := countIn(t, report, `Complete requests:\s+(\d+)`)
 			failed := countIn(t, report, `Failed requests:\s+(\d+)`)
 			non2xx := countIn(t, report, `Non-2xx responses:\s+(\d+)`)
