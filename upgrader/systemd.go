@@ -167,8 +167,8 @@ func (u *Upgrader) sdReloading() {
 		}
 	}
 	lines := []string{"RELOADING=1"}
-	if usec, ok := monotonicUsec(); ok {
-		lines = append(lines, "MONOTONIC_USEC="+strconv.FormatUint(usec, 10))
+	if usec := strings.TrimSpace(daemon.SdNotifyMonotonicUsec()); usec != "" {
+		lines = append(lines, usec) // MONOTONIC_USEC=, CLOCK_MONOTONIC in µs; empty where there is none
 	}
 	lines = append(lines, fmt.Sprintf("STATUS=upgrading: starting generation %d", u.gen+1))
 	u.sdNotify(lines...)

@@ -636,6 +636,9 @@ type UpgradeResult = control.UpgradeResult
 // ErrUpgradeInProgress. A call made while the previous generation is still
 // draining waits, bounded by ctx, until it has exited.
 func (u *Upgrader) Upgrade(ctx context.Context) (UpgradeResult, error) {
+	if u.worker != nil {
+		return UpgradeResult{OldPID: os.Getpid()}, errWorkerUpgrade
+	}
 	return u.upgrade(ctx, func(string, string) {})
 }
 

@@ -3,6 +3,7 @@ package upgrader
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -73,6 +74,10 @@ func takeWorkerRole() (*workerSide, int, error) {
 	w.lifeline = lifeline
 	return w, gen, nil
 }
+
+// errWorkerUpgrade is Upgrade's error in a worker process, which has no
+// listeners of its own to hand over.
+var errWorkerUpgrade = errors.New("upgrader: Upgrade called in a worker process: only its master upgrades the service (send the master SIGHUP, or run handoff reload)")
 
 // newWorker returns the Upgrader of a worker process: Listen and
 // ListenPacket return the inherited sockets, and Serve runs the worker
