@@ -69,7 +69,7 @@ soak:
 # (partial and pipelined requests around its start); their seed corpora run in `make test`.
 FUZZTIME ?= 60s
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./internal/control/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./control/
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePIDs$$' -fuzztime $(FUZZTIME) ./upgrader/
 	$(GO) test -run '^$$' -fuzz '^FuzzHTTPDrainEdge$$' -fuzztime $(FUZZTIME) ./upgrader/
 

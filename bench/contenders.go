@@ -20,11 +20,11 @@ import (
 	"text/template"
 	"time"
 
-	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/control"
 	"github.com/gohandoff/handoff/internal/linelog"
 	"github.com/gohandoff/handoff/internal/proc"
 	"github.com/gohandoff/handoff/internal/verify"
-	"github.com/gohandoff/handoff/upgrader"
+	"github.com/gohandoff/handoff/pidfile"
 )
 
 // How a contender is started and upgraded.
@@ -416,7 +416,7 @@ func (in *instance) nginxTrigger(conf string) verify.Trigger {
 }
 
 func readPID(path string) (int, error) {
-	pids, err := upgrader.ReadPIDFile(path)
+	pids, err := pidfile.Read(path)
 	if err != nil {
 		return 0, err
 	}

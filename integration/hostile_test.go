@@ -18,7 +18,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/control"
 	"golang.org/x/sys/unix"
 )
 

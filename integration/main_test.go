@@ -23,7 +23,7 @@ import (
 
 	"github.com/gohandoff/handoff/internal/linelog"
 	"github.com/gohandoff/handoff/internal/proc"
-	"github.com/gohandoff/handoff/upgrader"
+	"github.com/gohandoff/handoff/pidfile"
 )
 
 // Binaries built by TestMain.
@@ -290,7 +290,7 @@ func (s *service) killAll() {
 	}
 	// Worker processes of another program (handoff run) die with their
 	// master; these are killed in case they did not.
-	workers, _ := upgrader.ReadPIDFile(strings.TrimSuffix(s.pidfile, ".pid") + ".workers.pid")
+	workers, _ := pidfile.Read(strings.TrimSuffix(s.pidfile, ".pid") + ".workers.pid")
 	for _, pid := range workers {
 		if alive(pid) {
 			syscall.Kill(pid, syscall.SIGKILL)
@@ -304,7 +304,7 @@ func alive(pid int) bool { return proc.Alive(pid) }
 // pid reads the PID file.
 func (s *service) pid() int {
 	s.t.Helper()
-	pids, err := upgrader.ReadPIDFile(s.pidfile)
+	pids, err := pidfile.Read(s.pidfile)
 	if err != nil || len(pids) != 1 {
 		s.t.Fatalf("pid file %s: %v %v", s.pidfile, pids, err)
 	}

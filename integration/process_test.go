@@ -18,7 +18,8 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
-	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/control"
+	"github.com/gohandoff/handoff/pidfile"
 	"github.com/gohandoff/handoff/upgrader"
 )
 
@@ -32,7 +33,7 @@ func (s *service) workersPIDFile() string {
 // workerPIDs reads the workers PID file.
 func (s *service) workerPIDs() []int {
 	s.t.Helper()
-	pids, err := upgrader.ReadPIDFile(s.workersPIDFile())
+	pids, err := pidfile.Read(s.workersPIDFile())
 	if err != nil {
 		s.t.Fatalf("workers pid file: %v", err)
 	}
@@ -91,7 +92,7 @@ func (s *service) waitWorkersChange(gone int, n int, within time.Duration) ([]in
 	timer := time.NewTimer(within)
 	defer timer.Stop()
 	for {
-		pids, _ := upgrader.ReadPIDFile(s.workersPIDFile())
+		pids, _ := pidfile.Read(s.workersPIDFile())
 		if len(pids) == n && !slices.Contains(pids, gone) {
 			return pids, time.Since(start)
 		}

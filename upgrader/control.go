@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/control"
 )
 
 // listenControl opens the control socket, inherited like any listener.
@@ -128,7 +128,8 @@ func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 		ctx, cancel := context.WithTimeout(context.Background(), u.upgradeWait())
 		defer cancel()
 		res, err := u.upgrade(ctx, func(step, msg string) { w.Progress(step, msg) })
-		m := control.Message{Upgrade: &res}
+		wire := control.UpgradeResult(res)
+		m := control.Message{Upgrade: &wire}
 		var ue *UpgradeError
 		if errors.As(err, &ue) {
 			m.Stderr = ue.Stderr

@@ -17,8 +17,6 @@ import (
 	"time"
 
 	"github.com/gohandoff/handoff/upgrader"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // An HTTP server that upgrades on SIGHUP (or handoff reload, with a PID
@@ -131,28 +129,6 @@ func Example_udpService() {
 		}
 	}
 	if err := upg.Serve(context.Background(), answer); err != nil {
-		log.Fatal(err)
-	}
-}
-
-// Prometheus metrics on a listener of their own that survives upgrades:
-// scrapes never fail during one, and the handoff_* counters go on from
-// generation to generation.
-func Example_metrics() {
-	reg := prometheus.NewRegistry()
-	upg, err := upgrader.New(upgrader.Options{PIDFile: "run/hello.pid", Metrics: reg})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer upg.Stop()
-	if _, err := upg.Listen("tcp", "127.0.0.1:8080"); err != nil {
-		log.Fatal(err)
-	}
-	if _, err := upg.ServeAdmin("tcp", "127.0.0.1:9090", promhttp.HandlerFor(reg, promhttp.HandlerOpts{})); err != nil {
-		log.Fatal(err)
-	}
-	srv := &upgrader.HTTPServer{Server: &http.Server{Handler: http.NotFoundHandler()}}
-	if err := upg.Serve(context.Background(), srv.Worker); err != nil {
 		log.Fatal(err)
 	}
 }

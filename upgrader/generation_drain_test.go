@@ -38,7 +38,7 @@ func TestGenerationDrain(t *testing.T) {
 			u.drainSt = newDrainState()
 			u.force = make(chan struct{})
 			u.phase.Store(tc.phase)
-			if err := WritePIDFile(u.opts.PIDFile, os.Getpid()); err != nil {
+			if err := writePIDFile(u.opts.PIDFile, os.Getpid()); err != nil {
 				t.Fatal(err)
 			}
 			if err := u.state.write(genState{PID: os.Getpid() + 1}); err != nil {

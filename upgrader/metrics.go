@@ -1,21 +1,19 @@
 package upgrader
 
 import (
+	"fmt"
 	"maps"
 	"os"
 	"slices"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Results of an upgrade, the values of the result label of
-// handoff_upgrades_total.
+// Results of an upgrade, the keys of Stats.Upgrades.
 const (
-	ResultSuccess = "success" // the new generation became ready
-	ResultExited  = "exited"  // it exited before it was ready
-	ResultTimeout = "timeout" // it was not ready within the upgrade timeout
-	ResultError   = "error"   // it could not be started, or another error
+	resultSuccess = "success" // the new generation became ready
+	resultExited  = "exited"  // it exited before it was ready
+	resultTimeout = "timeout" // it was not ready within the upgrade timeout
+	resultError   = "error"   // it could not be started, or another error
 )
 
 // Bucket bounds, in seconds, of the duration histograms.
@@ -24,30 +22,87 @@ var (
 	drainBuckets   = []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
 )
 
-// workerStates are always reported by handoff_workers, 0 when no worker
-// is in them, so that a dashboard shows every series.
+// workerStates are always keys of Stats.Workers, 0 when no worker is in
+// them, so that a dashboard shows every series.
 var workerStates = []string{"starting", "ready", "backoff", "draining", "stopped"}
 
-var (
-	descGeneration = prometheus.NewDesc("handoff_generation",
-		"Generation of the serving process: 1 for the first, one more after every upgrade.", nil, nil)
-	descInfo = prometheus.NewDesc("handoff_version_info",
-		"Version of the serving generation, as a label; always 1.", []string{"version"}, nil)
-	descUpgrades = prometheus.NewDesc("handoff_upgrades_total",
-		"Upgrades since the service first started, by result: success, exited, timeout or error.", []string{"result"}, nil)
-	descUpgradeDuration = prometheus.NewDesc("handoff_upgrade_duration_seconds",
-		"Time from the start of a successful upgrade until the new generation was ready.", nil, nil)
-	descDrainDuration = prometheus.NewDesc("handoff_drain_duration_seconds",
-		"Time an old generation took to drain after it handed over, reported by its successor once it exited.", nil, nil)
-	descConnsCut = prometheus.NewDesc("handoff_drain_connections_cut_total",
-		"Connections an old generation still had open at its drain timeout and closed.", nil, nil)
-	descWorkers = prometheus.NewDesc("handoff_workers",
-		"Workers of the serving generation's pool, by state.", []string{"state"}, nil)
-	descRestarts = prometheus.NewDesc("handoff_worker_restarts_total",
-		"Restarts of failed workers since the service first started.", nil, nil)
-	descRolledBack = prometheus.NewDesc("handoff_workers_rolled_back",
-		"1 if the serving generation's worker processes crash-looped after its upgrade and now run the previous build, else 0.", nil, nil)
-)
+// Stats is a snapshot of a generation and of the service's counters since
+// it first started (each generation passes them on to the next), for
+// integrations such as upgrader/promhandoff, which exports them to
+// Prometheus.
+type Stats struct {
+	Generation int    // 1 for the first, one more after every upgrade
+	Version    string // Options.Version
+	// Phase is this generation's: starting, ready, upgrading, draining
+	// or stopping.
+	Phase string
+	// Workers counts the pool's workers by state: starting, ready,
+	// backoff, draining, stopped (always present, 0 if none) and others
+	// a worker process may be in, such as crash-loop.
+	Workers map[string]int
+	// WorkerRestarts counts restarts of failed workers since the
+	// service first started.
+	WorkerRestarts uint64
+	// RolledBack: this generation's worker processes crash-looped after
+	// its upgrade and now run the previous build.
+	RolledBack bool
+	// Upgrades counts upgrades by result: success (the new generation
+	// became ready), exited (it exited before), timeout (it was not
+	// ready within the upgrade timeout) and error (it could not be
+	// started); every key is present.
+	Upgrades map[string]uint64
+	// UpgradeSeconds: time from the start of each successful upgrade
+	// until the new generation was ready. DrainSeconds: time each old
+	// generation took to drain, counted once it has exited.
+	UpgradeSeconds, DrainSeconds Histogram
+	// ConnsCut counts connections old generations still had open at
+	// their drain timeout and closed.
+	ConnsCut uint64
+}
+
+// Histogram is a distribution of durations in seconds: Counts[i] is how
+// many were at most Bounds[i] and above the bound before (not cumulated);
+// those above every bound count only in Count and Sum.
+type Histogram struct {
+	Count  uint64
+	Sum    float64
+	Bounds []float64
+	Counts []uint64
+}
+
+// Stats returns a snapshot of this generation's counters. Safe to call
+// from any goroutine at any time, as a metrics scrape does.
+func (u *Upgrader) Stats() Stats {
+	u.mu.Lock()
+	st := u.stats.clone()
+	p := u.pool
+	u.mu.Unlock()
+	s := Stats{
+		Generation:     u.gen,
+		Version:        u.opts.Version,
+		Phase:          fmt.Sprint(u.phase.Load()),
+		Workers:        make(map[string]int, len(workerStates)),
+		WorkerRestarts: st.WorkerRestarts,
+		Upgrades:       make(map[string]uint64, 4),
+		UpgradeSeconds: st.UpgradeSeconds.export(upgradeBuckets),
+		DrainSeconds:   st.DrainSeconds.export(drainBuckets),
+		ConnsCut:       st.ConnsCut,
+	}
+	for _, r := range []string{resultSuccess, resultExited, resultTimeout, resultError} {
+		s.Upgrades[r] = st.Upgrades[r]
+	}
+	for _, state := range workerStates {
+		s.Workers[state] = 0
+	}
+	if p != nil {
+		for _, w := range p.status() {
+			s.Workers[w.State]++
+			s.WorkerRestarts += uint64(w.Restarts)
+		}
+	}
+	s.RolledBack = rollbackOf(p) != ""
+	return s
+}
 
 // stats are the service's counters since its first start. Counters that
 // lived only in a process would be lost at every upgrade, which is when
@@ -100,16 +155,10 @@ func (h *histogram) observe(bounds []float64, d time.Duration) {
 	}
 }
 
-func (h *histogram) metric(desc *prometheus.Desc, bounds []float64) prometheus.Metric {
-	cum := make(map[float64]uint64, len(bounds))
-	var n uint64
-	for i, b := range bounds {
-		if i < len(h.Buckets) {
-			n += h.Buckets[i]
-		}
-		cum[b] = n
-	}
-	return prometheus.MustNewConstHistogram(desc, h.Count, h.Sum, cum)
+func (h *histogram) export(bounds []float64) Histogram {
+	e := Histogram{Count: h.Count, Sum: h.Sum, Bounds: slices.Clone(bounds), Counts: make([]uint64, len(bounds))}
+	copy(e.Counts, h.Buckets)
+	return e
 }
 
 // drainRecord is what an old generation leaves in the state file after its
@@ -118,52 +167,6 @@ type drainRecord struct {
 	PID      int           `json:"pid"`
 	Duration time.Duration `json:"duration_ns"`
 	Cut      uint64        `json:"cut,omitempty"`
-}
-
-// collector reports an Upgrader's metrics at every scrape.
-type collector struct{ u *Upgrader }
-
-func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descGeneration, descInfo, descUpgrades, descUpgradeDuration,
-		descDrainDuration, descConnsCut, descWorkers, descRestarts, descRolledBack} {
-		ch <- d
-	}
-}
-
-func (c collector) Collect(ch chan<- prometheus.Metric) {
-	u := c.u
-	u.mu.Lock()
-	st := u.stats.clone()
-	p := u.pool
-	u.mu.Unlock()
-	ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(u.gen))
-	ch <- prometheus.MustNewConstMetric(descInfo, prometheus.GaugeValue, 1, u.opts.Version)
-	for _, r := range []string{ResultSuccess, ResultExited, ResultTimeout, ResultError} {
-		ch <- prometheus.MustNewConstMetric(descUpgrades, prometheus.CounterValue, float64(st.Upgrades[r]), r)
-	}
-	ch <- st.UpgradeSeconds.metric(descUpgradeDuration, upgradeBuckets)
-	ch <- st.DrainSeconds.metric(descDrainDuration, drainBuckets)
-	ch <- prometheus.MustNewConstMetric(descConnsCut, prometheus.CounterValue, float64(st.ConnsCut))
-	byState := make(map[string]int)
-	for _, s := range workerStates {
-		byState[s] = 0
-	}
-	restarts := st.WorkerRestarts
-	if p != nil {
-		for _, w := range p.status() {
-			byState[w.State]++
-			restarts += uint64(w.Restarts)
-		}
-	}
-	for _, s := range slices.Sorted(maps.Keys(byState)) {
-		ch <- prometheus.MustNewConstMetric(descWorkers, prometheus.GaugeValue, float64(byState[s]), s)
-	}
-	ch <- prometheus.MustNewConstMetric(descRestarts, prometheus.CounterValue, float64(restarts))
-	rolledBack := 0.0
-	if rollbackOf(p) != "" {
-		rolledBack = 1
-	}
-	ch <- prometheus.MustNewConstMetric(descRolledBack, prometheus.GaugeValue, rolledBack)
 }
 
 // statsToPassLocked returns the stats the next generation inherits: this one's,
@@ -183,7 +186,7 @@ func (u *Upgrader) statsToPassLocked() *stats {
 func (u *Upgrader) countReadyAfterUpgrade(upgradeStart time.Time) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.stats.countUpgrade(ResultSuccess)
+	u.stats.countUpgrade(resultSuccess)
 	if !upgradeStart.IsZero() {
 		u.stats.UpgradeSeconds.observe(upgradeBuckets, time.Since(upgradeStart))
 	}

@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/control"
 )
 
 // Restart backoff of a failing worker: it doubles from MinRestartBackoff up

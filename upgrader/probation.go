@@ -156,7 +156,7 @@ func (u *Upgrader) restore(k *keptSockets, succ int, after time.Duration) {
 	defer tick.Stop()
 	deadline := time.After(u.opts.UpgradeTimeout)
 	for {
-		if pids, err := ReadPIDFile(u.opts.PIDFile); err == nil && len(pids) == 1 && pids[0] == pid {
+		if pids, err := readPIDFile(u.opts.PIDFile); err == nil && len(pids) == 1 && pids[0] == pid {
 			u.log.Info("restored: this build serves again", "restored_pid", pid)
 			return
 		}

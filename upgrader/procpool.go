@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/control"
 	"github.com/oklog/run"
 )
 
@@ -751,7 +751,7 @@ func (pp *procPool) writePIDsLocked() {
 			pids = append(pids, p.pid)
 		}
 	}
-	if err := WritePIDFile(pp.pidFile, pids...); err != nil {
+	if err := writePIDFile(pp.pidFile, pids...); err != nil {
 		pp.log.Warn("cannot write the workers pid file", "err", err)
 	}
 }

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/control"
 )
 
 // drainProgressEvery is how often a draining generation reports how much

@@ -77,12 +77,12 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 			close(done)
 		})
 	}
-	// Upgrades on changes of watched files.
-	if len(u.opts.Watch) > 0 {
-		done := make(chan struct{})
+	// Upgrades on events of Options.Watch, such as changes of files.
+	if u.opts.Watch != nil {
+		wctx, cancel := context.WithCancel(context.Background())
 		g.Add(func() error {
-			return u.watch(done)
-		}, func(error) { close(done) })
+			return u.opts.Watch(wctx, u)
+		}, func(error) { cancel() })
 	}
 	// The caller's context.
 	u.addContextActor(&g, ctx)
@@ -243,7 +243,7 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 // removePIDFile removes the PID file on a final stop, if it still names
 // this process.
 func (u *Upgrader) removePIDFile() {
-	pids, err := ReadPIDFile(u.opts.PIDFile)
+	pids, err := readPIDFile(u.opts.PIDFile)
 	if err == nil && len(pids) == 1 && pids[0] == os.Getpid() {
 		os.Remove(u.opts.PIDFile)
 	}

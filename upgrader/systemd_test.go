@@ -3,11 +3,9 @@ package upgrader
 import (
 	"encoding/json"
 	"net"
+	"slices"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 )
 
 func TestSameAddr(t *testing.T) {
@@ -49,13 +47,13 @@ func TestActivationKeyNeverAPath(t *testing.T) {
 	}
 }
 
-// The stats a generation passes on through JSON come out as the histogram
-// Prometheus would have built.
+// The stats a generation passes on through JSON come out of Stats as the
+// histogram they counted (promhandoff cumulates it for Prometheus).
 func TestStatsSurviveTheStateFile(t *testing.T) {
 	t.Parallel()
 	var st stats
-	st.countUpgrade(ResultSuccess)
-	st.countUpgrade(ResultExited)
+	st.countUpgrade(resultSuccess)
+	st.countUpgrade(resultExited)
 	for _, d := range []time.Duration{30 * time.Millisecond, 200 * time.Millisecond, 3 * time.Second, 5 * time.Minute} {
 		st.UpgradeSeconds.observe(upgradeBuckets, d)
 	}
@@ -67,22 +65,29 @@ func TestStatsSurviveTheStateFile(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatal(err)
 	}
-	if back.Stats.Upgrades[ResultSuccess] != 1 || back.Stats.Upgrades[ResultExited] != 1 {
-		t.Errorf("upgrades after JSON: %v", back.Stats.Upgrades)
+	u := &Upgrader{gen: 4, opts: Options{Version: "v4"}, stats: *back.Stats}
+	u.phase.Store("ready")
+	s := u.Stats()
+	if s.Upgrades[resultSuccess] != 1 || s.Upgrades[resultExited] != 1 || len(s.Upgrades) != 4 {
+		t.Errorf("upgrades after JSON: %v, want success 1, exited 1, and every result", s.Upgrades)
 	}
-	var m dto.Metric
-	if err := back.Stats.UpgradeSeconds.metric(descUpgradeDuration, upgradeBuckets).Write(&m); err != nil {
-		t.Fatal(err)
+	if s.Generation != 4 || s.Version != "v4" || s.Phase != "ready" {
+		t.Errorf("generation %d version %q phase %q, want 4 v4 ready", s.Generation, s.Version, s.Phase)
 	}
-	h := m.GetHistogram()
-	if h.GetSampleCount() != 4 || h.GetSampleSum() < 303 || h.GetSampleSum() > 304 {
-		t.Errorf("count %d sum %v, want 4 and 303.23", h.GetSampleCount(), h.GetSampleSum())
+	h := s.UpgradeSeconds
+	if h.Count != 4 || h.Sum < 303 || h.Sum > 304 {
+		t.Errorf("count %d sum %v, want 4 and 303.23", h.Count, h.Sum)
 	}
-	want := map[float64]uint64{0.05: 1, 0.1: 1, 0.25: 2, 2.5: 2, 5: 3, 120: 3} // 5 minutes is above every bound
-	for _, b := range h.GetBucket() {
-		if w, ok := want[b.GetUpperBound()]; ok && b.GetCumulativeCount() != w {
-			t.Errorf("bucket le=%v: %d, want %d", b.GetUpperBound(), b.GetCumulativeCount(), w)
+	if !slices.Equal(h.Bounds, upgradeBuckets) {
+		t.Errorf("bounds %v, want %v", h.Bounds, upgradeBuckets)
+	}
+	want := []uint64{1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0} // 5 minutes is above every bound
+	if !slices.Equal(h.Counts, want) {
+		t.Errorf("counts %v, want %v", h.Counts, want)
+	}
+	for _, state := range workerStates {
+		if n, ok := s.Workers[state]; !ok || n != 0 {
+			t.Errorf("workers %q: %d (present %v), want 0 without a pool", state, n, ok)
 		}
 	}
-	var _ prometheus.Collector = collector{}
 }

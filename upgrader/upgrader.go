@@ -18,9 +18,8 @@ import (
 	"time"
 
 	"github.com/cloudflare/tableflip"
-	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/control"
 	"github.com/gohandoff/handoff/internal/proc"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Defaults for the zero Options.
@@ -100,10 +99,6 @@ type Options struct {
 	SocketMode  os.FileMode
 	SocketUser  string
 	SocketGroup string
-	// Metrics, if set, gets the upgrader's metrics registered: the
-	// handoff_* series of metrics.go. Serve them with ServeAdmin and
-	// promhttp.HandlerFor. Nil means no metrics.
-	Metrics prometheus.Registerer
 
 	// WorkerMode is GoroutineWorkers (the default) or ProcessWorkers.
 	// See procpool.go and doc.go for process mode.
@@ -122,9 +117,11 @@ type Options struct {
 	// has stayed up that long, for programs that cannot send READY=1 on
 	// NOTIFY_SOCKET. Notification is better: it says the worker serves.
 	WorkerReadyDelay time.Duration
-	// Watch lists files and folders whose change upgrades the service,
-	// one upgrade per burst of changes (see WatchDebounce).
-	Watch []string
+	// Watch, if set, runs beside the workers from Serve in the master
+	// until ctx is done, to upgrade u on events of its own: upgrader/watch
+	// upgrades on file changes (Watch: watch.Paths("config/")). An error
+	// it returns ends the generation.
+	Watch func(ctx context.Context, u *Upgrader) error
 	// Probation, if positive, is how long after an upgrade the previous
 	// generation, once drained, stands by: if the new generation dies
 	// meanwhile without having been asked to stop, the previous one
@@ -253,11 +250,11 @@ func New(opts Options) (*Upgrader, error) {
 		if err := checkPIDDir(opts.PIDFile); err != nil {
 			return nil, err
 		}
-		if err := CheckPIDPath(opts.PIDFile); err != nil {
+		if err := checkPIDPath(opts.PIDFile); err != nil {
 			return nil, err
 		}
 		if opts.WorkerMode == ProcessWorkers && opts.WorkersPIDFile != "" {
-			if err := CheckPIDPath(opts.WorkersPIDFile); err != nil {
+			if err := checkPIDPath(opts.WorkersPIDFile); err != nil {
 				return nil, err
 			}
 		}
@@ -338,13 +335,6 @@ func New(opts Options) (*Upgrader, error) {
 			return nil, err
 		}
 	}
-	if opts.Metrics != nil {
-		if err := opts.Metrics.Register(collector{u}); err != nil {
-			u.closeControl()
-			tf.Stop()
-			return nil, fmt.Errorf("upgrader: register metrics: %w", err)
-		}
-	}
 	return u, nil
 }
 
@@ -412,7 +402,7 @@ func checkPaths(opts Options) error {
 }
 
 func checkNotRunning(pidFile string, log *slog.Logger) error {
-	pids, err := ReadPIDFile(pidFile)
+	pids, err := readPIDFile(pidFile)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return nil
@@ -566,7 +556,7 @@ func (u *Upgrader) markReady() error {
 	}
 	u.publishWorkers(true)
 	if u.opts.PIDFile != "" {
-		if err := WritePIDFile(u.opts.PIDFile, os.Getpid()); err != nil {
+		if err := writePIDFile(u.opts.PIDFile, os.Getpid()); err != nil {
 			return err
 		}
 	}
@@ -623,8 +613,17 @@ func (u *Upgrader) watchParent() {
 	u.log.Info("previous generation exited", "parent_pid", u.ppid)
 }
 
-// UpgradeResult describes a successful upgrade.
-type UpgradeResult = control.UpgradeResult
+// UpgradeResult describes an upgrade: the pids of the old and the new
+// generation, the new one's generation and version, and how long it took
+// to be ready. Its fields are those of control.UpgradeResult, the wire
+// form the control socket sends.
+type UpgradeResult struct {
+	OldPID     int
+	NewPID     int
+	Generation int
+	Version    string
+	Duration   time.Duration
+}
 
 // Upgrade starts the next generation from the executable at this
 // process's path, which may have been replaced, and waits until it is
@@ -835,10 +834,10 @@ func (u *Upgrader) reclaimPIDFile() {
 	if u.opts.PIDFile == "" {
 		return
 	}
-	if pids, err := ReadPIDFile(u.opts.PIDFile); err == nil && len(pids) == 1 && pids[0] == os.Getpid() {
+	if pids, err := readPIDFile(u.opts.PIDFile); err == nil && len(pids) == 1 && pids[0] == os.Getpid() {
 		return
 	}
-	if err := WritePIDFile(u.opts.PIDFile, os.Getpid()); err != nil {
+	if err := writePIDFile(u.opts.PIDFile, os.Getpid()); err != nil {
 		u.log.Error("pid file does not name the serving generation and cannot be rewritten", "err", err)
 		return
 	}
@@ -866,13 +865,13 @@ func (u *Upgrader) explain(err error, took time.Duration, tail []string) (result
 	}
 	took = took.Round(time.Millisecond)
 	var why error
-	result = ResultError
+	result = resultError
 	if m := childRe.FindStringSubmatch(msg); m != nil {
 		pid, status := m[1], m[3]
-		result = ResultExited
+		result = resultExited
 		switch {
 		case m[2] == "timed out":
-			result = ResultTimeout
+			result = resultTimeout
 			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s timed out: not ready within the upgrade timeout of %s, killed", pid, u.opts.UpgradeTimeout)
 		case status == "":
 			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s exited with exit status 0 before it was ready, after %s", pid, took)

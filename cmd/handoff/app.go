@@ -12,9 +12,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/control"
 	"github.com/gohandoff/handoff/internal/proc"
-	"github.com/gohandoff/handoff/upgrader"
+	"github.com/gohandoff/handoff/pidfile"
 	"github.com/urfave/cli/v2"
 )
 
@@ -290,7 +290,7 @@ func firstLine(s string) string {
 // the serving generation, and the new one if an upgrade was in progress.
 // The PID file is not trusted for that: it may be stale or bogus.
 func stop(c *cli.Context) error {
-	pidfile := c.String("pidfile")
+	pidPath := c.String("pidfile")
 	start := time.Now()
 	m, err := request(c, control.CmdStop, nil)
 	if err != nil {
@@ -303,8 +303,8 @@ func stop(c *cli.Context) error {
 	if len(pids) == 0 {
 		return errors.New("the service's reply to stop names no process")
 	}
-	if filePIDs, err := upgrader.ReadPIDFile(pidfile); err == nil && len(filePIDs) == 1 && !slices.Contains(pids, filePIDs[0]) {
-		logger(c).Warn("the pid file names another process than the service", "path", pidfile, "pid_file", filePIDs[0], "service_pid", pids[0])
+	if filePIDs, err := pidfile.Read(pidPath); err == nil && len(filePIDs) == 1 && !slices.Contains(pids, filePIDs[0]) {
+		logger(c).Warn("the pid file names another process than the service", "path", pidPath, "pid_file", filePIDs[0], "service_pid", pids[0])
 	}
 	deadline := time.Now().Add(c.Duration("timeout"))
 	tick := time.NewTicker(20 * time.Millisecond)

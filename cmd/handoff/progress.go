@@ -7,7 +7,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/control"
 	"golang.org/x/term"
 )
 

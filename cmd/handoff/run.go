@@ -10,8 +10,9 @@ import (
 	"strings"
 
 	"github.com/gohandoff/handoff/internal/logging"
-	"github.com/gohandoff/handoff/internal/servicecli"
+	"github.com/gohandoff/handoff/servicecli"
 	"github.com/gohandoff/handoff/upgrader"
+	"github.com/gohandoff/handoff/upgrader/watch"
 	"github.com/urfave/cli/v2"
 )
 
@@ -142,7 +143,7 @@ func runMaster(c *cli.Context) error {
 		WorkerCommand:    argv,
 		WorkersPIDFile:   c.String("workers-pidfile"),
 		WorkerReadyDelay: readyDelay,
-		Watch:            c.StringSlice("watch"),
+		Watch:            watch.Paths(c.StringSlice("watch")...),
 		UpgradeTimeout:   c.Duration("upgrade-timeout"),
 		DrainTimeout:     c.Duration("drain-timeout"),
 		Probation:        c.Duration("probation"),

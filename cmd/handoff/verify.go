@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/control"
 	"github.com/gohandoff/handoff/internal/load"
 	"github.com/gohandoff/handoff/internal/verify"
 	"github.com/urfave/cli/v2"

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/control"
 	"github.com/urfave/cli/v2"
 )
 

@@ -15,7 +15,7 @@ import (
 	"net"
 	"sync"
 
-	"github.com/gohandoff/handoff/internal/servicecli"
+	"github.com/gohandoff/handoff/servicecli"
 	"github.com/gohandoff/handoff/upgrader"
 )
 

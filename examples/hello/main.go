@@ -18,8 +18,9 @@ import (
 	"os"
 	"time"
 
-	"github.com/gohandoff/handoff/internal/servicecli"
+	"github.com/gohandoff/handoff/servicecli"
 	"github.com/gohandoff/handoff/upgrader"
+	"github.com/gohandoff/handoff/upgrader/promhandoff"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -63,14 +64,7 @@ func run(args []string) error {
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
-	var reg *prometheus.Registry
-	opts := f.Options(buildVersion())
-	if *metricsAddr != "" {
-		reg = prometheus.NewRegistry()
-		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		opts.Metrics = reg
-	}
-	upg, err := upgrader.New(opts)
+	upg, err := upgrader.New(f.Options(buildVersion()))
 	if err != nil {
 		return err
 	}
@@ -79,7 +73,10 @@ func run(args []string) error {
 	if _, err := f.ListenAll(upg); err != nil {
 		return err
 	}
-	if reg != nil {
+	if *metricsAddr != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(promhandoff.NewCollector(upg),
+			collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(upg.Logger().Handler(), slog.LevelWarn)}))
 		if _, err := upg.ServeAdmin("tcp", *metricsAddr, mux); err != nil {

@@ -27,7 +27,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gohandoff/handoff/internal/servicecli"
+	"github.com/gohandoff/handoff/servicecli"
 	"github.com/gohandoff/handoff/upgrader"
 )
 

@@ -10,7 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gohandoff/handoff/internal/control"
+	"github.com/gohandoff/handoff/control"
 	"github.com/gohandoff/handoff/internal/load"
 	"github.com/gohandoff/handoff/internal/proc"
 )

@@ -1,6 +1,9 @@
-// Package servicecli is the command line the example services share: the
-// flags every service on the upgrader has, their checks before anything
-// starts, and the exit status (2 for a bad command line, naming the flag).
+// Package servicecli is the command line of a service on the upgrader, as
+// the examples use it: the flags every such service has (--listen,
+// --pidfile, --workers, timeouts, logs), their checks before anything
+// starts, the upgrader.Options they ask for, and the exit status (2 for a
+// bad command line, naming the flag). A program copied out of examples/
+// builds with it outside this module.
 package servicecli
 
 import (

@@ -1,4 +1,4 @@
-package upgrader
+package pidfile
 
 import (
 	"fmt"
@@ -10,7 +10,7 @@ import (
 	"testing"
 )
 
-func TestParsePIDs(t *testing.T) {
+func TestParse(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
 		name, in string
@@ -32,30 +32,30 @@ func TestParsePIDs(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			got, err := ParsePIDs([]byte(c.in))
+			got, err := Parse([]byte(c.in))
 			if c.err != "" {
 				if err == nil || !strings.Contains(err.Error(), c.err) {
-					t.Fatalf("ParsePIDs(%q) = %v, %v; want error %q", c.in, got, err, c.err)
+					t.Fatalf("Parse(%q) = %v, %v; want error %q", c.in, got, err, c.err)
 				}
 				return
 			}
 			if err != nil || !slices.Equal(got, c.want) {
-				t.Fatalf("ParsePIDs(%q) = %v, %v; want %v", c.in, got, err, c.want)
+				t.Fatalf("Parse(%q) = %v, %v; want %v", c.in, got, err, c.want)
 			}
 		})
 	}
 }
 
-func TestWritePIDFile(t *testing.T) {
+func TestWrite(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "svc.pid")
-	if err := WritePIDFile(path, 12, 34); err != nil {
+	if err := Write(path, 12, 34); err != nil {
 		t.Fatal(err)
 	}
-	got, err := ReadPIDFile(path)
+	got, err := Read(path)
 	if err != nil || !slices.Equal(got, []int{12, 34}) {
-		t.Fatalf("ReadPIDFile = %v, %v; want [12 34]", got, err)
+		t.Fatalf("Read = %v, %v; want [12 34]", got, err)
 	}
 	fi, err := os.Stat(path)
 	if err != nil || fi.Mode().Perm() != 0o644 {
@@ -68,7 +68,7 @@ func TestWritePIDFile(t *testing.T) {
 
 // A symlink planted at the PID file's path is replaced, its target left
 // alone.
-func TestWritePIDFileReplacesSymlink(t *testing.T) {
+func TestWriteReplacesSymlink(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	victim := filepath.Join(dir, "victim")
@@ -79,7 +79,7 @@ func TestWritePIDFileReplacesSymlink(t *testing.T) {
 	if err := os.Symlink(victim, path); err != nil {
 		t.Fatal(err)
 	}
-	if err := WritePIDFile(path, 42); err != nil {
+	if err := Write(path, 42); err != nil {
 		t.Fatal(err)
 	}
 	if fi, err := os.Lstat(path); err != nil || !fi.Mode().IsRegular() {
@@ -93,37 +93,37 @@ func TestWritePIDFileReplacesSymlink(t *testing.T) {
 	}
 }
 
-func TestWritePIDFileUnwritableFolder(t *testing.T) {
+func TestWriteUnwritableFolder(t *testing.T) {
 	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "missing")
-	err := WritePIDFile(filepath.Join(dir, "svc.pid"), 42)
-	if err == nil || !strings.HasPrefix(err.Error(), "upgrader: write pid file "+dir) {
-		t.Fatalf("WritePIDFile in a missing folder: %v, want an error naming the file", err)
+	err := Write(filepath.Join(dir, "svc.pid"), 42)
+	if err == nil || !strings.HasPrefix(err.Error(), "write pid file "+dir) {
+		t.Fatalf("Write in a missing folder: %v, want an error naming the file", err)
 	}
 }
 
-// FuzzParsePIDs: ParsePIDs never panics, accepts only positive pids, and
-// reads back what WritePIDFile's format writes.
-func FuzzParsePIDs(f *testing.F) {
+// FuzzParse: Parse never panics, accepts only positive pids, and
+// reads back what Write's format writes.
+func FuzzParse(f *testing.F) {
 	for _, s := range []string{"123\n", "1\n2\n3\n", " 7 \r\n", "", "\n\n", "0", "-1", "+5", "0x10", "1e3", "99999999999999999999", "12 34", "\x00", "١٢٣"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		pids, err := ParsePIDs(b)
+		pids, err := Parse(b)
 		if err != nil {
 			if pids != nil {
-				t.Fatalf("ParsePIDs(%q) = %v with error %v", b, pids, err)
+				t.Fatalf("Parse(%q) = %v with error %v", b, pids, err)
 			}
 			return
 		}
 		var out strings.Builder
 		for _, pid := range pids {
 			if pid <= 0 {
-				t.Fatalf("ParsePIDs(%q) accepted pid %d", b, pid)
+				t.Fatalf("Parse(%q) accepted pid %d", b, pid)
 			}
 			out.WriteString(strconv.Itoa(pid) + "\n")
 		}
-		again, err := ParsePIDs([]byte(out.String()))
+		again, err := Parse([]byte(out.String()))
 		if err != nil || !slices.Equal(again, pids) {
 			t.Fatalf("round trip of %v: %v, %v", pids, again, err)
 		}
