@@ -76,7 +76,7 @@ func run(args []string, stdout io.Writer) error {
 	fs.StringVar(&cfg.tools, "tools", "auto", "load generators: auto (ab and wrk when installed) or go (internal/load only)")
 	only := fs.String("only", "", "comma-separated contenders to run (baseline is always run)")
 	render := fs.String("render", "", "rewrite the report of an earlier run from its `JSON` file instead of running")
-	onlyLoads := fs.String("loads", "", "comma-separated loads to run: steady, upgrades, steady-ka, upgrades-ka (default all)")
+	onlyLoads := fs.String("loads", "", "comma-separated loads to run: steady, upgrades, steady-ka, upgrades-ka (default all), or none: only the upgrade latency without load")
 	fs.DurationVar(&cfg.budget, "budget", 11*time.Minute, "start no round that the last round's length says would end after this long")
 	fs.StringVar(&cfg.note, "note", "", "a line for the report, e.g. that the machine was shared")
 	fs.DurationVar(&cfg.upgradeTimeout, "upgrade-timeout", time.Minute, "give up on one upgrade after this long")
@@ -115,7 +115,9 @@ func run(args []string, stdout io.Writer) error {
 		fmt.Fprintln(stdout, "wrote", strings.Join(paths, ", "))
 		return nil
 	}
-	if *onlyLoads != "" {
+	if *onlyLoads == "none" {
+		cfg.loads = []string{"none"} // no scenario: no round
+	} else if *onlyLoads != "" {
 		cfg.loads = strings.Split(*onlyLoads, ",")
 		for _, n := range cfg.loads {
 			if !slices.ContainsFunc(scenarios(config{}), func(sc scenario) bool { return sc.Name == n }) {
@@ -228,7 +230,7 @@ func bench(ctx context.Context, cfg config, stdout io.Writer) error {
 		}
 	}
 	var roundTook time.Duration
-	for round := 1; round <= cfg.rounds; round++ {
+	for round := 1; round <= cfg.rounds && len(rep.Scenarios) > 0; round++ {
 		if round > 1 && time.Since(began)+roundTook > cfg.budget {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("ran %d of %d rounds: another (the last took %s) would have passed the %s budget", round-1, cfg.rounds, roundTook.Round(time.Second), cfg.budget))
 			logf("budget: no round %d", round)
