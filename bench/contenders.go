@@ -53,9 +53,9 @@ type contender struct {
 var contenders = []contender{
 	{Name: "baseline", Kind: kindBaseline, About: "bare net/http hello, no upgrade support: the ceiling"},
 	{Name: "tableflip", Kind: kindTableflip, About: "cloudflare/tableflip as its README shows: SIGHUP, then <-upg.Exit() and http.Server.Shutdown"},
-	{Name: "handoff", Kind: kindHandoff, About: "examples/hello, goroutine workers (default), upgraded through the control socket"},
+	{Name: "handoff", Kind: kindHandoff, About: "examples/hello (built with -tags nometrics, as the tableflip reference has no metrics), goroutine workers (default), upgraded through the control socket"},
 	{Name: "handoff-process", Kind: kindHandoff, Args: []string{"--worker-mode", "process"}, NeedsFlag: "worker-mode",
-		About: "examples/hello --worker-mode process, upgraded through the control socket"},
+		About: "examples/hello (-tags nometrics) --worker-mode process, upgraded through the control socket"},
 	{Name: "handoff-run-node", Kind: kindRun, About: "handoff run --workers NumCPU -- node examples/node/app.js: the seed's 7-line app, unmodified but for listen({fd: 3}), with kernel steering; upgraded through the control socket (new master, new workers)"},
 	{Name: "node-cluster", Kind: kindNode, About: "Node.js cluster: a worker per CPU, SIGUSR2 replaces them one at a time"},
 	{Name: "nginx", Kind: kindNginx, About: "nginx-light, return 200, a worker per CPU, nginx -s reload"},

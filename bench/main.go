@@ -330,15 +330,18 @@ func pickLoaders(cfg config, tmp string) (newConn, keepAlive loader) {
 	return
 }
 
-// buildContenders builds hello and the Go contenders.
+// buildContenders builds hello and the Go contenders. hello is built
+// with -tags nometrics: without Prometheus, as the tableflip reference,
+// so that both start the same program (Prometheus's package inits would
+// add to every upgrade's time to ready).
 func buildContenders(ctx context.Context, dir string) error {
-	for _, b := range []struct{ out, pkg string }{
-		{"hello", "./examples/hello"},
-		{"handoff", "./cmd/handoff"},
-		{"baseline", "./bench/contenders/baseline"},
-		{"tableflip", "./bench/contenders/tableflip"},
+	for _, b := range []struct{ out, pkg, tags string }{
+		{"hello", "./examples/hello", "nometrics"},
+		{"handoff", "./cmd/handoff", ""},
+		{"baseline", "./bench/contenders/baseline", ""},
+		{"tableflip", "./bench/contenders/tableflip", ""},
 	} {
-		cmd := exec.CommandContext(ctx, "go", "build", "-ldflags", "-X main.version=bench", "-o", filepath.Join(dir, b.out), b.pkg)
+		cmd := exec.CommandContext(ctx, "go", "build", "-tags", b.tags, "-ldflags", "-X main.version=bench", "-o", filepath.Join(dir, b.out), b.pkg)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("build %s: %w\n%s", b.pkg, err, out)
 		}

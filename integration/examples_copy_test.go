@@ -10,7 +10,7 @@ import (
 	"testing"
 )
 
-// TestExamplesBuildOutsideTheModule copies each example's main.go into a
+// TestExamplesBuildOutsideTheModule copies each example's Go files into a
 // module of its own outside this repository, as a user would, with only a
 // replace directive pointing at this module, builds it and runs it: an
 // example that imported one of handoff's internal packages would not
@@ -28,12 +28,20 @@ func TestExamplesBuildOutsideTheModule(t *testing.T) {
 		t.Run(ex, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			src, err := os.ReadFile(filepath.Join(root, "examples", ex, "main.go"))
-			if err != nil {
-				t.Fatal(err)
-			}
 			gomod := "module example.com/" + ex + "\n\ngo 1.26\n\nrequire github.com/gohandoff/handoff v0.0.0\n\nreplace github.com/gohandoff/handoff => " + root + "\n"
-			for name, b := range map[string][]byte{"main.go": src, "go.mod": []byte(gomod), "go.sum": sum} {
+			files := map[string][]byte{"go.mod": []byte(gomod), "go.sum": sum}
+			srcs, _ := filepath.Glob(filepath.Join(root, "examples", ex, "*.go"))
+			for _, p := range srcs {
+				b, err := os.ReadFile(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				files[filepath.Base(p)] = b
+			}
+			if files["main.go"] == nil {
+				t.Fatalf("examples/%s has no main.go", ex)
+			}
+			for name, b := range files {
 				if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
 					t.Fatal(err)
 				}

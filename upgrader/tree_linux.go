@@ -165,7 +165,7 @@ func hasMark(pid int, value string) bool {
 // returns once it has sent SIGKILL to a new generation that timed out:
 // its exit comes first, so that its children are its no more.
 func (u *Upgrader) killTree(m treeMark, err error) {
-	if sm := childRe.FindStringSubmatch(err.Error()); sm != nil {
+	if sm := childRe().FindStringSubmatch(err.Error()); sm != nil {
 		if pid, _ := strconv.Atoi(sm[1]); pid > 0 {
 			syscall.Kill(pid, syscall.SIGKILL)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

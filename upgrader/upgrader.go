@@ -844,8 +844,11 @@ func (u *Upgrader) reclaimPIDFile() {
 	u.log.Warn("pid file rewritten with the serving generation's pid", "path", u.opts.PIDFile)
 }
 
-// childRe matches tableflip's errors about the new process.
-var childRe = regexp.MustCompile(`^(?:new )?child pid=(\d+) (exited|timed out)(?:: (.*))?$`)
+// childRe matches tableflip's errors about the new process; compiled
+// on first use, not at every start.
+var childRe = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^(?:new )?child pid=(\d+) (exited|timed out)(?:: (.*))?$`)
+})
 
 // explain turns tableflip's errors into an operator's message: a one-line
 // *UpgradeError when the new generation failed, with its last lines of
@@ -866,7 +869,7 @@ func (u *Upgrader) explain(err error, took time.Duration, tail []string) (result
 	took = took.Round(time.Millisecond)
 	var why error
 	result = resultError
-	if m := childRe.FindStringSubmatch(msg); m != nil {
+	if m := childRe().FindStringSubmatch(msg); m != nil {
 		pid, status := m[1], m[3]
 		result = resultExited
 		switch {

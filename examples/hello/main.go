@@ -20,10 +20,6 @@ import (
 
 	"github.com/gohandoff/handoff/servicecli"
 	"github.com/gohandoff/handoff/upgrader"
-	"github.com/gohandoff/handoff/upgrader/promhandoff"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
@@ -46,6 +42,9 @@ func run(args []string) error {
 		return servicecli.Usage(errors.New("flags -tls-cert and -tls-key go together"))
 	}
 	if *metricsAddr != "" {
+		if serveMetrics == nil {
+			return servicecli.Usage(errors.New("flag -metrics: this build of hello has no metrics (built with -tags nometrics)"))
+		}
 		if err := servicecli.CheckAddr(*metricsAddr); err != nil {
 			return servicecli.Usage(fmt.Errorf("invalid value %q for flag -metrics: %w", *metricsAddr, err))
 		}
@@ -74,12 +73,7 @@ func run(args []string) error {
 		return err
 	}
 	if *metricsAddr != "" {
-		reg := prometheus.NewRegistry()
-		reg.MustRegister(promhandoff.NewCollector(upg),
-			collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(upg.Logger().Handler(), slog.LevelWarn)}))
-		if _, err := upg.ServeAdmin("tcp", *metricsAddr, mux); err != nil {
+		if err := serveMetrics(upg, *metricsAddr); err != nil {
 			return err
 		}
 	}
