@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"strings"
 	"sync"
 	"time"
@@ -56,7 +55,7 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 		})
 	}
 	// Ready once every worker is.
-	readies := []<-chan struct{}{p.ready()}
+	readies := []<-chan struct{}{p.ready(), u.sigs.done}
 	for _, a := range admin {
 		readies = append(readies, a.ready())
 	}
@@ -64,7 +63,7 @@ func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
 	addReadyActor(&g, u.markReady, slowAfter, func() { u.slowStart(slowAfter, p) }, readies...)
 	addStartFailureActor(&g, p)
 	// Signals.
-	addSignalActor(&g, u.onSignal, upgradeSignals, rollSignals, stopSignals)
+	addSignalActor(&g, u.onSignal, u.sigs)
 	// Control socket.
 	if u.ctlLn != nil {
 		done := make(chan struct{})
@@ -309,23 +308,19 @@ func (u *Upgrader) slowStart(after time.Duration, p workers) {
 
 // addSignalActor adds to g an actor that passes the signals of sets to
 // handle.
-func addSignalActor(g *run.Group, handle func(os.Signal), sets ...[]os.Signal) {
-	sigc := make(chan os.Signal, 16)
-	for _, set := range sets {
-		signal.Notify(sigc, set...)
-	}
+func addSignalActor(g *run.Group, handle func(os.Signal), sigs *signalSet) {
 	done := make(chan struct{})
 	g.Add(func() error {
 		for {
 			select {
-			case sig := <-sigc:
+			case sig := <-sigs.c:
 				handle(sig)
 			case <-done:
 				return nil
 			}
 		}
 	}, func(error) {
-		signal.Stop(sigc)
+		sigs.stop()
 		close(done)
 	})
 }

@@ -158,6 +158,7 @@ type Upgrader struct {
 	// this generation.
 	upgradeStart time.Time
 	drainSt      *drainState
+	sigs         *signalSet // registered by New, handled by Serve
 	stopSignals  atomic.Int32
 
 	upgrading atomic.Bool
@@ -295,6 +296,7 @@ func New(opts Options) (*Upgrader, error) {
 		gate:    make(chan struct{}),
 		force:   make(chan struct{}),
 		drainSt: newDrainState(),
+		sigs:    notifySignals(upgradeSignals, rollSignals, stopSignals),
 
 		standbyEnd: make(chan struct{}),
 	}

@@ -96,6 +96,7 @@ func newWorker(opts Options, w *workerSide, gen int) *Upgrader {
 		gate:    make(chan struct{}),
 		sd:      &systemd{}, // a worker's NOTIFY_SOCKET is its master's, used by workerReady
 		drainSt: newDrainState(),
+		sigs:    notifySignals(stopSignals, masterSignals),
 	}
 	close(u.parent)
 	u.opts.PIDFile, u.opts.ControlSocket, u.opts.Workers = "", "", 1
@@ -165,8 +166,8 @@ func (u *Upgrader) serveWorker(ctx context.Context, fn WorkerFunc) error {
 			return u.drain(p, nil)
 		}, func(error) { u.Stop() })
 	}
-	addReadyActor(&g, u.workerReady, 0, nil, p.ready())
-	addSignalActor(&g, u.onWorkerSignal, stopSignals, masterSignals)
+	addReadyActor(&g, u.workerReady, 0, nil, p.ready(), u.sigs.done)
+	addSignalActor(&g, u.onWorkerSignal, u.sigs)
 	if w.lifeline != nil {
 		done := make(chan struct{})
 		g.Add(func() error {
