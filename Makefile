@@ -70,7 +70,7 @@ soak:
 FUZZTIME ?= 60s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./control/
-	$(GO) test -run '^$$' -fuzz '^FuzzParsePIDs$$' -fuzztime $(FUZZTIME) ./upgrader/
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePIDs$$' -fuzztime $(FUZZTIME) ./pidfile/
 	$(GO) test -run '^$$' -fuzz '^FuzzHTTPDrainEdge$$' -fuzztime $(FUZZTIME) ./upgrader/
 
 # Mutation testing (gremlins) of the drain, the handover, probation and the
