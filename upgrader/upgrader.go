@@ -233,6 +233,7 @@ func New(opts Options) (*Upgrader, error) {
 	if opts.WorkersPIDFile == "" && opts.PIDFile != "" {
 		opts.WorkersPIDFile = workersPIDFile(opts.PIDFile)
 	}
+	go loadTimeZone()
 	if w, gen, err := takeWorkerRole(); err != nil || w != nil {
 		if err != nil {
 			return nil, err

@@ -3,7 +3,16 @@ package upgrader
 import (
 	"os"
 	"os/signal"
+	"time"
 )
+
+// Work a start needs later, begun early beside the rest: a new
+// generation is on the upgrade's critical path from exec to ready.
+
+// loadTimeZone loads the local time zone, which the first log line would
+// otherwise read from /etc/localtime and parse on the way to ready (0.3
+// to 0.8 ms on a busy machine). New runs it in a goroutine of its own.
+func loadTimeZone() { _ = time.Local.String() }
 
 // signalSet is a process's signals, registered with signal.Notify off the
 // critical path of its start: the runtime makes a round trip with its
