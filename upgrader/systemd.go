@@ -145,7 +145,7 @@ func (u *Upgrader) sdReady() {
 			u.log.Warn("previous generation did not confirm MAINPID to systemd in time", "parent_pid", u.ppid, "timeout", sdAckTimeout)
 		}
 	}
-	u.sdNotify("READY=1", fmt.Sprintf("STATUS=serving: generation %d, pid %d, version %s", u.gen, os.Getpid(), u.opts.Version))
+	u.sdNotify(daemon.SdNotifyReady, fmt.Sprintf("STATUS=serving: generation %d, pid %d, version %s", u.gen, os.Getpid(), u.opts.Version))
 }
 
 // sdReloading tells systemd an upgrade starts; it must be followed by
@@ -166,7 +166,7 @@ func (u *Upgrader) sdReloading() {
 			u.sd.ackW = w
 		}
 	}
-	lines := []string{"RELOADING=1"}
+	lines := []string{daemon.SdNotifyReloading}
 	if usec := strings.TrimSpace(daemon.SdNotifyMonotonicUsec()); usec != "" {
 		lines = append(lines, usec) // MONOTONIC_USEC=, CLOCK_MONOTONIC in µs; empty where there is none
 	}
@@ -194,13 +194,13 @@ func (u *Upgrader) sdUpgraded(newPID int) {
 
 // sdUpgradeFailed ends the reload: this generation goes on serving.
 func (u *Upgrader) sdUpgradeFailed(err error) {
-	u.sdNotify("READY=1", "STATUS=upgrade failed, generation "+strconv.Itoa(u.gen)+" goes on serving: "+firstLine(err.Error()))
+	u.sdNotify(daemon.SdNotifyReady, "STATUS=upgrade failed, generation "+strconv.Itoa(u.gen)+" goes on serving: "+firstLine(err.Error()))
 }
 
 // sdStopping tells systemd this generation stops for good and drains, and
 // extends systemd's stop timeout to cover what the drain may still take.
 func (u *Upgrader) sdStopping(left time.Duration) {
-	u.sdNotify("STOPPING=1", fmt.Sprintf("STATUS=stopping: draining, timeout %s", u.opts.DrainTimeout), sdExtend(left))
+	u.sdNotify(daemon.SdNotifyStopping, fmt.Sprintf("STATUS=stopping: draining, timeout %s", u.opts.DrainTimeout), sdExtend(left))
 }
 
 // sdDraining reports the progress of a stop's drain and extends systemd's
