@@ -24,7 +24,7 @@ import (
 func copyProject(t *testing.T) string {
 	t.Helper()
 	dst := t.TempDir()
-	for _, name := range []string{"Makefile", "go.mod", "go.sum", "scripts", "cmd", "examples", "internal", "upgrader"} {
+	for _, name := range []string{"Makefile", "go.mod", "go.sum", "scripts", "cmd", "examples", "internal", "upgrader", "control", "pidfile", "servicecli"} {
 		src := filepath.Join("..", name)
 		err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
 			if err != nil {
