@@ -47,6 +47,10 @@ var (
 		"Restarts of failed workers since the service first started.", nil, nil)
 	descRolledBack = prometheus.NewDesc("handoff_workers_rolled_back",
 		"1 if the serving generation's worker processes crash-looped after its upgrade and now run the previous build, else 0.", nil, nil)
+	descDraining = prometheus.NewDesc("handoff_draining_generations",
+		"Old generations still draining beside the serving one (at most --max-draining).", nil, nil)
+	descDrainingEnded = prometheus.NewDesc("handoff_draining_ended_total",
+		"Draining generations ended at once, their connections cut, because an upgrade went past --max-draining.", nil, nil)
 )
 
 // stats are the service's counters since its first start. Counters that
@@ -60,6 +64,8 @@ type stats struct {
 	ConnsCut       uint64            `json:"conns_cut,omitempty"`
 	// WorkerRestarts counts the restarts of the generations before this one.
 	WorkerRestarts uint64 `json:"worker_restarts,omitempty"`
+	// DrainingEnded counts the draining generations ended over the cap.
+	DrainingEnded uint64 `json:"draining_ended,omitempty"`
 }
 
 func (s *stats) clone() stats {
@@ -118,6 +124,8 @@ type drainRecord struct {
 	PID      int           `json:"pid"`
 	Duration time.Duration `json:"duration_ns"`
 	Cut      uint64        `json:"cut,omitempty"`
+	// Ended: the drain was cut short over --max-draining (overlap.go).
+	Ended bool `json:"ended,omitempty"`
 }
 
 // collector reports an Upgrader's metrics at every scrape.
@@ -125,13 +133,15 @@ type collector struct{ u *Upgrader }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descGeneration, descInfo, descUpgrades, descUpgradeDuration,
-		descDrainDuration, descConnsCut, descWorkers, descRestarts, descRolledBack} {
+		descDrainDuration, descConnsCut, descWorkers, descRestarts, descRolledBack, descDraining, descDrainingEnded} {
 		ch <- d
 	}
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	u := c.u
+	u.absorbDrains()
+	draining := len(u.liveDraining())
 	u.mu.Lock()
 	st := u.stats.clone()
 	p := u.pool
@@ -164,6 +174,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		rolledBack = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descRolledBack, prometheus.GaugeValue, rolledBack)
+	ch <- prometheus.MustNewConstMetric(descDraining, prometheus.GaugeValue, float64(draining))
+	ch <- prometheus.MustNewConstMetric(descDrainingEnded, prometheus.CounterValue, float64(st.DrainingEnded))
 }
 
 // statsToPassLocked returns the stats the next generation inherits: this one's,
@@ -195,24 +207,21 @@ func (u *Upgrader) countFailedUpgrade(result string) {
 	u.stats.countUpgrade(result)
 }
 
-// countParentDrain counts the drain of the previous generation, which it
-// left in the state file before it exited.
-func (u *Upgrader) countParentDrain() {
-	st, err := u.state.read()
-	if err != nil || st.Drain == nil || st.Drain.PID != u.ppid {
-		return
+// countDrain counts an old generation's drain, which it left in the state
+// file (absorbDrains); u.mu is held.
+func (u *Upgrader) countDrain(r drainRecord) {
+	u.stats.DrainSeconds.observe(drainBuckets, r.Duration)
+	u.stats.ConnsCut += r.Cut
+	if r.Ended {
+		u.stats.DrainingEnded++
 	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.stats.DrainSeconds.observe(drainBuckets, st.Drain.Duration)
-	u.stats.ConnsCut += st.Drain.Cut
 }
 
-// leaveDrainRecord tells the next generation, through the state file it
-// wrote when it became ready, how this one's drain went.
-func (u *Upgrader) leaveDrainRecord(took time.Duration, cut int64) {
+// leaveDrainRecord tells the serving generation, through the state file,
+// how this one's drain went.
+func (u *Upgrader) leaveDrainRecord(took time.Duration, cut int64, ended bool) {
 	err := u.state.update(func(st *genState) {
-		st.Drain = &drainRecord{PID: os.Getpid(), Duration: took, Cut: uint64(cut)}
+		st.Drains = append(st.Drains, drainRecord{PID: os.Getpid(), Duration: took, Cut: uint64(cut), Ended: ended})
 	})
 	if err != nil {
 		u.log.Warn("drain not recorded for the metrics of the next generation", "err", err)
