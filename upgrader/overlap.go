@@ -133,8 +133,12 @@ func (u *Upgrader) checkDrainingCap() error {
 			next = g.Deadline
 		}
 	}
-	return fmt.Errorf("%w: upgrade refused: %d generations still draining (pid %s), the cap is --max-draining %d with policy %s; the next drain deadline is %s (in %s)",
-		ErrTooManyDraining, len(gens), strings.Join(pids, ", "), u.opts.MaxDraining, DrainingRefuse,
+	what := "generations"
+	if len(gens) == 1 {
+		what = "generation"
+	}
+	return fmt.Errorf("%w: upgrade refused: %d %s still draining (pid %s), the cap is --max-draining %d with policy %s; the next drain deadline is %s (in %s)",
+		ErrTooManyDraining, len(gens), what, strings.Join(pids, ", "), u.opts.MaxDraining, DrainingRefuse,
 		next.Format(time.TimeOnly), max(time.Until(next), 0).Round(time.Second))
 }
 
