@@ -147,7 +147,7 @@ func TestOverlapEchoUnderLoad(t *testing.T) {
 		echoV1 := buildBin(t, "examples/echo", "v1")
 		echoV2 := buildBin(t, "examples/echo", "v2")
 		e := newService(t, echoV1, "echo")
-		e.start(append(m.args, "--drain-timeout", "6s", "--max-draining", "5")...)
+		e.start(append(m.args, "--drain-timeout", "10s", "--max-draining", "5")...)
 		e.log.waitFor(t, 0, "msg=ready", "generation=1")
 		h := startHello(t, helloV1, m.args...)
 
@@ -184,6 +184,17 @@ func TestOverlapEchoUnderLoad(t *testing.T) {
 				bin = echoV1
 			}
 			install(t, bin, e.exe)
+			// The HTTP service is upgraded at the same time.
+			hbin := helloV2
+			if i%2 == 1 {
+				hbin = helloV1
+			}
+			install(t, hbin, h.exe)
+			hDone := make(chan reloadResult, 1)
+			go func() {
+				code, out, errOut := h.handoff("reload", "--no-follow")
+				hDone <- reloadResult{code, out, errOut}
+			}()
 			out, d := e.reloadNoFollow()
 			took = append(took, d)
 			if !strings.Contains(out, fmt.Sprintf("generation %d", i+2)) {
@@ -203,7 +214,9 @@ func TestOverlapEchoUnderLoad(t *testing.T) {
 				default:
 				}
 			}
-			h.upgradeN(i)
+			if r := <-hDone; r.code != 0 {
+				t.Fatalf("handoff reload of the HTTP service: exit %d\n%s%s", r.code, r.out, r.errOut)
+			}
 		}
 		select {
 		case err := <-abDone:
