@@ -454,8 +454,8 @@ func TestOverlapSoak(t *testing.T) {
 		if !within10(fdBase, fdLast) {
 			t.Errorf("open fds: %d at the start, %d at the end: not within 10%%", fdBase, fdLast)
 		}
-		if rssLast > rssBase*3/2 {
-			t.Errorf("rss: %d kB at the start, %d kB at the end", rssBase, rssLast)
+		if !within10(rssBase, rssLast) {
+			t.Errorf("rss: %d kB at the start, %d kB at the end: not within 10%%", rssBase, rssLast)
 		}
 		if strings.Contains(s.log.String(), "level=ERROR") {
 			t.Errorf("errors logged:\n%s", s.log)
