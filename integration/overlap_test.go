@@ -8,10 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -461,4 +464,90 @@ func TestOverlapSoak(t *testing.T) {
 			t.Errorf("errors logged:\n%s", s.log)
 		}
 	})
+}
+
+// childrenOf lists the live child processes of pid.
+func childrenOf(pid int) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		child, err := strconv.Atoi(e.Name())
+		if err == nil && ppid(child) == pid && alive(child) {
+			out = append(out, child)
+		}
+	}
+	return out
+}
+
+// socketInodes lists the sockets pid has open, by inode.
+func socketInodes(pid int) map[string]bool {
+	out := map[string]bool{}
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, e := range ents {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name())); err == nil && strings.HasPrefix(l, "socket:") {
+			out[l] = true
+		}
+	}
+	return out
+}
+
+// TestOverlapRunSteer: handoff run with kernel steering, a request held
+// half-sent on a worker of generation 1, and 3 upgrades under ab while
+// generation 1 drains: each reload is answered while generation 1 still
+// runs, no newer worker is given a socket of generation 1's workers while
+// they live (their socket sets pass from generation to generation), ab
+// loses nothing, and generation 1 answers the held request at the end.
+func TestOverlapRunSteer(t *testing.T) {
+	rt := nodeApp(t)
+	s, _ := startSteered(t, rt, 2, "--drain-timeout", "60s")
+	gen1 := s.pid()
+	c, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n", s.addr) // the headers not ended
+	var ops []func()
+	for i := range 3 {
+		ops = append(ops, func() {
+			if code, out, errOut := s.handoff("reload", "--no-follow"); code != 0 {
+				t.Fatalf("handoff reload %d: exit %d\n%s%s", i+1, code, out, errOut)
+			}
+			if !alive(gen1) {
+				t.Errorf("reload %d answered after generation 1 (pid %d) had exited", i+1, gen1)
+			}
+			// The workers: the children that are not a newer master.
+			masters := s.pids()
+			old := map[string]bool{}
+			for _, w := range childrenOf(gen1) {
+				if !slices.Contains(masters, w) {
+					maps.Copy(old, socketInodes(w))
+				}
+			}
+			for _, w := range childrenOf(s.pid()) {
+				for ino := range socketInodes(w) {
+					if old[ino] {
+						t.Errorf("after reload %d, worker pid %d of generation %d shares %s with a live worker of generation 1", i+1, w, i+2, ino)
+					}
+				}
+			}
+		})
+	}
+	abThroughN(t, s, max(steerAB(t)/2, 1000), "3 reloads while generation 1 drains", ops...)
+	if !slices.ContainsFunc(childrenOf(gen1), func(pid int) bool { return !slices.Contains(s.pids(), pid) }) {
+		t.Fatalf("generation 1 (pid %d) has no worker left: the held request is gone", gen1)
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(c, "\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("held request on generation 1: %v %v, want 200", resp, err)
+	}
+	resp.Body.Close()
+	c.Close()
+	waitExit(t, gen1)
+	s.log.waitFor(t, 0, "previous generation exited", "generation=4")
+	if strings.Contains(s.log.String(), "level=ERROR") {
+		t.Errorf("errors logged:\n%s", s.log)
+	}
 }
