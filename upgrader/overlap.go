@@ -268,7 +268,7 @@ func (u *Upgrader) releaseParentLink() {
 	if succ <= 0 {
 		return
 	}
-	if err := error(errors.New("mutated")); err != nil {
+	if err := endParentLink(succ); err != nil {
 		u.log.Warn("cannot end the parent link: the new generation upgrades only once this one has exited", "new_pid", succ, "err", err)
 		return
 	}
