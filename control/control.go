@@ -61,8 +61,9 @@ type Message struct {
 	// is to be sent again, and only the new generation answers then.
 	HandedOver int `json:"handed_over_to,omitempty"`
 	// Stopping, on the final message of a stop, lists every process that
-	// stops as asked: the serving generation, and the new one when the
-	// stop came during an upgrade that succeeded.
+	// stops as asked: the serving generation, the new one when the stop
+	// came during an upgrade that succeeded, and the old generations
+	// still draining, each to its own deadline.
 	Stopping []int `json:"stopping,omitempty"`
 }
 
@@ -103,8 +104,28 @@ type Status struct {
 	// they do: they crash-looped right after this generation's upgrade.
 	Rollback string `json:"rollback,omitempty"`
 	// UpgradeInProgress: an upgrade was asked and has no outcome yet (it
-	// may wait for the previous generation's drain).
+	// may wait for the previous generation's probation).
 	UpgradeInProgress bool `json:"upgrade_in_progress,omitempty"`
+	// Generations lists every live generation: the answering one first,
+	// then the old ones still draining, newest first.
+	Generations []GenerationStatus `json:"generations,omitempty"`
+}
+
+// GenerationStatus describes one live generation of the service.
+type GenerationStatus struct {
+	PID        int    `json:"pid"`
+	Generation int    `json:"generation"`
+	Version    string `json:"version,omitempty"`
+	// State is the serving generation's phase, or for an old one
+	// "draining", "standing by" (its probation) or "ending" (cut short
+	// over --max-draining).
+	State string `json:"state"`
+	// Left is the work an old generation has left: open connections, or
+	// workers that have not returned (Unit).
+	Left int    `json:"left"`
+	Unit string `json:"unit,omitempty"`
+	// DrainDeadline is when an old generation cuts what is left.
+	DrainDeadline time.Time `json:"drain_deadline,omitzero"`
 }
 
 // WorkerStatus describes one worker of the pool.

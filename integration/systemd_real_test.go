@@ -143,6 +143,9 @@ type sdCase struct {
 	// stopOnly: start, two upgrades and a stop with a request in flight,
 	// nothing else; with wantCut, systemd must cut that request.
 	stopOnly, wantCut bool
+	// overlap: start, two upgrades while older generations drain, and a
+	// stop during the overlap (systemd_real_overlap_test.go).
+	overlap bool
 }
 
 // The probation of hello.service is 30s as shipped; the test shortens it,
@@ -166,6 +169,8 @@ var sdCases = []sdCase{
 	// has changed, and so must docs/operations.md.
 	{name: "goroutines-without-ExecStop", unit: "hello.service", stopOnly: true, wantCut: true, extra: []string{
 		"--probation 30s", "--probation 2s", sdExecStop, ""}},
+	// Overlapping generations (no probation: an upgrade waits for none).
+	{name: "overlap", unit: "hello.service", overlap: true, extra: []string{" --probation 30s", ""}},
 }
 
 // sdExecStop is hello.service's ExecStop= line, as shipped.
@@ -209,6 +214,10 @@ func (c sdCase) run(t *testing.T, sd *realSystemd, stopRuns int) {
 	a.install(c)
 	a.start()
 	base := len(a.procs())
+	if c.overlap {
+		a.overlapStop()
+		return
+	}
 	if c.stopOnly {
 		a.upgrade(helloV2)
 		a.upgrade(helloV1)

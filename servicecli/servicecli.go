@@ -80,6 +80,8 @@ type Flags struct {
 	UpgradeTimeout time.Duration
 	DrainTimeout   time.Duration
 	Probation      time.Duration
+	MaxDraining    int
+	DrainingPolicy string
 	LogFormat      string
 	LogLevel       string
 	ShowVersion    bool
@@ -116,6 +118,8 @@ func Register(fs *flag.FlagSet, listen, pidfile string) *Flags {
 	fs.StringVar(&f.Ready, "ready", "notify", "how a worker process tells it is ready: notify or delay:DUR")
 	fs.DurationVar(&f.UpgradeTimeout, "upgrade-timeout", upgrader.DefaultUpgradeTimeout, "how long a new generation may take to be ready")
 	fs.DurationVar(&f.DrainTimeout, "drain-timeout", upgrader.DefaultDrainTimeout, "how long the old generation may take to finish its work")
+	fs.IntVar(&f.MaxDraining, "max-draining", upgrader.DefaultMaxDraining, "how many old generations may still drain at once; an upgrade never waits for them")
+	fs.StringVar(&f.DrainingPolicy, "max-draining-policy", upgrader.DrainingKillOldest, "past -max-draining: kill-oldest (end the oldest at once, its connections cut) or refuse (refuse the upgrade)")
 	fs.DurationVar(&f.Probation, "probation", 0, "after an upgrade, how long the old generation stands by to restore its build if the new one dies (0: off)")
 	fs.StringVar(&f.LogFormat, "log-format", "text", "log `format`: text or json")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
@@ -174,6 +178,10 @@ func (f *Flags) Parse(args []string) error {
 		return Usage(fmt.Errorf("invalid value %s for flag -upgrade-timeout: must be positive", f.UpgradeTimeout))
 	case f.DrainTimeout <= 0:
 		return Usage(fmt.Errorf("invalid value %s for flag -drain-timeout: must be positive", f.DrainTimeout))
+	case f.MaxDraining < 1:
+		return Usage(fmt.Errorf("invalid value %d for flag -max-draining: must be at least 1", f.MaxDraining))
+	case f.DrainingPolicy != upgrader.DrainingKillOldest && f.DrainingPolicy != upgrader.DrainingRefuse:
+		return Usage(fmt.Errorf("invalid value %q for flag -max-draining-policy: want %s or %s", f.DrainingPolicy, upgrader.DrainingKillOldest, upgrader.DrainingRefuse))
 	case f.Probation < 0:
 		return Usage(fmt.Errorf("invalid value %s for flag -probation: must not be negative", f.Probation))
 	}
@@ -267,19 +275,21 @@ func CheckAddr(addr string) error {
 // Options returns the upgrader options the flags ask for.
 func (f *Flags) Options(version string) upgrader.Options {
 	return upgrader.Options{
-		PIDFile:          f.PIDFile,
-		Workers:          f.Workers,
-		WorkerMode:       upgrader.WorkerMode(f.WorkerMode),
-		WorkersPIDFile:   f.WorkersPIDFile,
-		WorkerReadyDelay: f.readyDelay,
-		UpgradeTimeout:   f.UpgradeTimeout,
-		Probation:        f.Probation,
-		DrainTimeout:     f.DrainTimeout,
-		Version:          version,
-		Logger:           f.Log,
-		SocketMode:       f.socketMode,
-		SocketUser:       f.SocketUser,
-		SocketGroup:      f.SocketGroup,
+		PIDFile:           f.PIDFile,
+		Workers:           f.Workers,
+		WorkerMode:        upgrader.WorkerMode(f.WorkerMode),
+		WorkersPIDFile:    f.WorkersPIDFile,
+		WorkerReadyDelay:  f.readyDelay,
+		UpgradeTimeout:    f.UpgradeTimeout,
+		Probation:         f.Probation,
+		DrainTimeout:      f.DrainTimeout,
+		MaxDraining:       f.MaxDraining,
+		MaxDrainingPolicy: f.DrainingPolicy,
+		Version:           version,
+		Logger:            f.Log,
+		SocketMode:        f.socketMode,
+		SocketUser:        f.SocketUser,
+		SocketGroup:       f.SocketGroup,
 	}
 }
 

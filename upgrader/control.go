@@ -156,6 +156,9 @@ func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 				stopping = append(stopping, succ)
 			}
 		}
+		// The old generations still draining stop too, each at its own
+		// deadline: the stop waits for them all.
+		stopping = append(stopping, u.drainingPIDs()...)
 		w.Final(control.Message{Status: u.status(), Stopping: stopping}, nil)
 	}
 }

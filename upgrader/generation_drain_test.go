@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -58,8 +59,9 @@ func TestGenerationDrain(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if recorded := st.Drain != nil && st.Drain.PID == os.Getpid(); recorded == tc.final {
-				t.Errorf("drain record %+v; want one only after an upgrade", st.Drain)
+			recorded := slices.ContainsFunc(st.Drains, func(r drainRecord) bool { return r.PID == os.Getpid() })
+			if recorded == tc.final {
+				t.Errorf("drain records %+v; want one only after an upgrade", st.Drains)
 			}
 			_, err = os.Stat(u.opts.PIDFile)
 			if kept := err == nil; kept == tc.final {

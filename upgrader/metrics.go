@@ -58,6 +58,11 @@ type Stats struct {
 	// ConnsCut counts connections old generations still had open at
 	// their drain timeout and closed.
 	ConnsCut uint64
+	// Draining counts the old generations still draining beside this
+	// one (at most Options.MaxDraining); DrainingEnded counts those ended
+	// at once, their connections cut, because an upgrade went past it.
+	Draining      int
+	DrainingEnded uint64
 }
 
 // Histogram is a distribution of durations in seconds: Counts[i] is how
@@ -73,6 +78,8 @@ type Histogram struct {
 // Stats returns a snapshot of this generation's counters. Safe to call
 // from any goroutine at any time, as a metrics scrape does.
 func (u *Upgrader) Stats() Stats {
+	u.absorbDrains()
+	draining := len(u.liveDraining())
 	u.mu.Lock()
 	st := u.stats.clone()
 	p := u.pool
@@ -87,6 +94,8 @@ func (u *Upgrader) Stats() Stats {
 		UpgradeSeconds: st.UpgradeSeconds.export(upgradeBuckets),
 		DrainSeconds:   st.DrainSeconds.export(drainBuckets),
 		ConnsCut:       st.ConnsCut,
+		Draining:       draining,
+		DrainingEnded:  st.DrainingEnded,
 	}
 	for _, r := range []string{resultSuccess, resultExited, resultTimeout, resultError} {
 		s.Upgrades[r] = st.Upgrades[r]
@@ -115,6 +124,8 @@ type stats struct {
 	ConnsCut       uint64            `json:"conns_cut,omitempty"`
 	// WorkerRestarts counts the restarts of the generations before this one.
 	WorkerRestarts uint64 `json:"worker_restarts,omitempty"`
+	// DrainingEnded counts the draining generations ended over the cap.
+	DrainingEnded uint64 `json:"draining_ended,omitempty"`
 }
 
 func (s *stats) clone() stats {
@@ -167,6 +178,8 @@ type drainRecord struct {
 	PID      int           `json:"pid"`
 	Duration time.Duration `json:"duration_ns"`
 	Cut      uint64        `json:"cut,omitempty"`
+	// Ended: the drain was cut short over --max-draining (overlap.go).
+	Ended bool `json:"ended,omitempty"`
 }
 
 // statsToPassLocked returns the stats the next generation inherits: this one's,
@@ -198,24 +211,21 @@ func (u *Upgrader) countFailedUpgrade(result string) {
 	u.stats.countUpgrade(result)
 }
 
-// countParentDrain counts the drain of the previous generation, which it
-// left in the state file before it exited.
-func (u *Upgrader) countParentDrain() {
-	st, err := u.state.read()
-	if err != nil || st.Drain == nil || st.Drain.PID != u.ppid {
-		return
+// countDrain counts an old generation's drain, which it left in the state
+// file (absorbDrains); u.mu is held.
+func (u *Upgrader) countDrain(r drainRecord) {
+	u.stats.DrainSeconds.observe(drainBuckets, r.Duration)
+	u.stats.ConnsCut += r.Cut
+	if r.Ended {
+		u.stats.DrainingEnded++
 	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.stats.DrainSeconds.observe(drainBuckets, st.Drain.Duration)
-	u.stats.ConnsCut += st.Drain.Cut
 }
 
-// leaveDrainRecord tells the next generation, through the state file it
-// wrote when it became ready, how this one's drain went.
-func (u *Upgrader) leaveDrainRecord(took time.Duration, cut int64) {
+// leaveDrainRecord tells the serving generation, through the state file,
+// how this one's drain went.
+func (u *Upgrader) leaveDrainRecord(took time.Duration, cut int64, ended bool) {
 	err := u.state.update(func(st *genState) {
-		st.Drain = &drainRecord{PID: os.Getpid(), Duration: took, Cut: uint64(cut)}
+		st.Drains = append(st.Drains, drainRecord{PID: os.Getpid(), Duration: took, Cut: uint64(cut), Ended: ended})
 	})
 	if err != nil {
 		u.log.Warn("drain not recorded for the metrics of the next generation", "err", err)

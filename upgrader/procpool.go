@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gohandoff/handoff/control"
+	"github.com/gohandoff/handoff/internal/proc"
 	"github.com/oklog/run"
 )
 
@@ -184,24 +185,40 @@ func newProcPool(u *Upgrader, spec *procSpec) *procPool {
 	if u.opts.KernelSteering {
 		pp.steer = newSteering(u)
 		if pp.steer != nil && len(pp.steer.prev) > 0 {
-			go pp.forgetPrevious(u.parent)
+			go pp.forgetPrevious()
 		}
 	}
 	return pp
 }
 
-// forgetPrevious frees the socket sets the previous generation's workers
-// held once it has exited.
-func (pp *procPool) forgetPrevious(parent <-chan struct{}) {
-	<-parent
+// forgetPrevious frees the socket sets older generations' workers held,
+// each once the generation that holds it has exited: the previous one, or
+// an older one still draining beside it (overlap.go).
+func (pp *procPool) forgetPrevious() {
 	pp.mu.Lock()
-	defer pp.mu.Unlock()
-	for j := range pp.steer.prev {
-		if q := pp.steer.queued(j); q > 0 {
-			pp.log.Warn("connections left in the socket of a previous generation's worker: they wait for the next worker on it", "socket", j, "queued", q)
-		}
+	holders := map[int]bool{}
+	for _, pid := range pp.steer.prev {
+		holders[pid] = true
 	}
-	pp.steer.prev = nil
+	pp.mu.Unlock()
+	var wg sync.WaitGroup
+	for pid := range holders {
+		wg.Go(func() {
+			proc.WaitGone(context.Background(), pid)
+			pp.mu.Lock()
+			defer pp.mu.Unlock()
+			for j, holder := range pp.steer.prev {
+				if holder != pid {
+					continue
+				}
+				if q := pp.steer.queued(j); q > 0 {
+					pp.log.Warn("connections left in the socket of a previous generation's worker: they wait for the next worker on it", "socket", j, "queued", q)
+				}
+				delete(pp.steer.prev, j)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // steerLocked points new connections at the ready workers.

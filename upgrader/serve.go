@@ -122,6 +122,25 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 	if u.endStandBy(sig) {
 		return
 	}
+	select {
+	case <-u.exit:
+		if u.phase.Load() == "draining" && !u.endedAt.Load() && u.endedAtCap() {
+			// A newer generation went past --max-draining (overlap.go).
+			u.endedAt.Store(true)
+			u.mu.Lock()
+			p := u.pool
+			u.mu.Unlock()
+			var pr progress
+			if p != nil {
+				pr = p.progress()
+			}
+			u.log.Warn("ended at once by a newer generation over --max-draining: cutting the drain short", "signal", sig.String(),
+				"max_draining", u.opts.MaxDraining, "left", pr.Left, "unit", pr.Unit)
+			u.forceOnce.Do(func() { close(u.force) })
+			return
+		}
+	default:
+	}
 	n := u.stopSignals.Add(1)
 	select {
 	case <-u.exit:
@@ -172,6 +191,13 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 	}
 	// With a probation, stand by from now on, alongside the drain: a new
 	// generation that dies while this one still drains is restored at once.
+	start := time.Now()
+	if !final {
+		// Registered before the parent link ends, so that the successor,
+		// free to upgrade from then on, counts this generation.
+		u.endOldest(u.registerDraining(start.Add(u.opts.DrainTimeout), p.progress()))
+		defer u.unregisterDraining()
+	}
 	var standDone chan struct{}
 	if !final && u.opts.Probation > 0 && u.worker == nil {
 		kept := u.keepSockets()
@@ -183,9 +209,11 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 		go func() {
 			defer close(standDone)
 			u.standBy(kept, succ, at)
+			u.releaseParentLink()
 		}()
+	} else if !final {
+		u.releaseParentLink()
 	}
-	start := time.Now()
 	ds := u.drainSt
 	ds.mu.Lock()
 	ds.start = start
@@ -207,6 +235,9 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 	}()
 	reported := make(chan struct{})
 	go u.reportDrain(p, start.Add(u.opts.DrainTimeout), reported)
+	if !final {
+		go u.followDrain(p, reported)
+	}
 	var wg sync.WaitGroup
 	for _, a := range admin {
 		wg.Go(func() {
@@ -223,10 +254,13 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 	ds.took, ds.cut = took, cut
 	ds.mu.Unlock()
 	if !final {
-		u.leaveDrainRecord(took, cut)
+		u.leaveDrainRecord(took, cut, u.endedAt.Load())
 	}
 	u.log.Info("drained", "duration", took.Round(time.Millisecond), "cut", cut)
 	close(ds.done)
+	if standDone != nil && !final {
+		u.updateDraining(func(g *drainingGen) { g.State, g.Left = "standing by", 0 })
+	}
 	if final && u.opts.PIDFile != "" {
 		u.removePIDFile()
 	}

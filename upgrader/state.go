@@ -24,8 +24,12 @@ type genState struct {
 	// upgrade; Stats are the service's counters so far (metrics.go).
 	UpgradeStart time.Time `json:"upgrade_start,omitzero"`
 	Stats        *stats    `json:"stats,omitempty"`
-	// Drain is left by an old generation after its drain.
-	Drain *drainRecord `json:"drain,omitempty"`
+	// Drains are left by old generations after their drains, for the
+	// serving generation to count (metrics.go, overlap.go).
+	Drains []drainRecord `json:"drains,omitempty"`
+	// Draining lists the old generations still draining, each of which
+	// registers itself there (overlap.go).
+	Draining []drainingGen `json:"draining,omitempty"`
 	// Stopping is set by a generation that stops as asked, for a previous
 	// generation standing by (probation.go).
 	Stopping bool `json:"stopping,omitempty"`
@@ -49,9 +53,14 @@ func newStateFile() (*stateFile, error) {
 	return &stateFile{f: f}, nil
 }
 
+// write replaces what one generation tells the next; the lists the
+// draining generations keep there, Drains and Draining, stay as they are.
 func (s *stateFile) write(st genState) error {
 	unlock := lockFile(s.f, true)
 	defer unlock()
+	if old, err := s.readLocked(); err == nil {
+		st.Drains, st.Draining = old.Drains, old.Draining
+	}
 	return s.writeLocked(st)
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"runtime"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gohandoff/handoff/internal/proc"
 	"github.com/gohandoff/handoff/internal/steer"
 )
 
@@ -37,8 +39,10 @@ import (
 // set j is socket j of every group.
 
 // steerHeldEnv tells a new generation which socket sets the previous
-// one's workers hold ("1,4,5"): it must not hand them to its own workers
-// before the previous generation has exited.
+// one's workers hold ("1,4,5"), and those that older generations, still
+// draining beside it, hold ("2@1234": set 2, held by master pid 1234): it
+// must not hand them to its own workers before the generation that holds
+// each has exited (overlap.go).
 const steerHeldEnv = "HANDOFF_STEER_HELD_R4Y8"
 
 // Retiring a worker: how often the master asks the kernel, and how long
@@ -61,7 +65,7 @@ type steering struct {
 	names  []string
 	ports  []int
 	owner  []*workerProc // by socket set; nil: free
-	prev   map[int]bool  // sets the previous generation's workers hold until it exits
+	prev   map[int]int   // sets older generations' workers hold until they exit: set -> master pid
 	// live: this generation's program is the group's (it serves); false
 	// while a new generation starts, and after it took over.
 	live    bool
@@ -96,7 +100,7 @@ func setUpSteering(u *Upgrader) (*steering, error) {
 	if err := steer.Check(); err != nil {
 		return nil, err
 	}
-	st := &steering{live: !u.HasParent(), addFile: u.tf.AddFile, log: u.log, prev: make(map[int]bool)}
+	st := &steering{live: !u.HasParent(), addFile: u.tf.AddFile, log: u.log, prev: make(map[int]int)}
 	for _, s := range u.socks {
 		if !strings.HasPrefix(s.name, "tcp") {
 			return nil, fmt.Errorf("socket %s is not TCP", s.name)
@@ -138,8 +142,13 @@ func setUpSteering(u *Upgrader) (*steering, error) {
 	st.owner = make([]*workerProc, st.groups[0].Len())
 	if held := os.Getenv(steerHeldEnv); held != "" {
 		for _, s := range strings.Split(held, ",") {
-			if j, err := strconv.Atoi(s); err == nil {
-				st.prev[j] = true
+			set, holder, older := strings.Cut(s, "@")
+			pid := u.ppid
+			if older {
+				pid, _ = strconv.Atoi(holder)
+			}
+			if j, err := strconv.Atoi(set); err == nil && pid > 0 {
+				st.prev[j] = pid
 			}
 		}
 	}
@@ -162,7 +171,10 @@ func (st *steering) acquireLocked(p *workerProc, keep int, kept []int) ([]*os.Fi
 	if keep >= 0 && keep < len(st.owner) && st.owner[keep] == nil {
 		j = keep
 	}
-	free := func(i int) bool { return st.owner[i] == nil && !st.prev[i] && !slices.Contains(kept, i) }
+	free := func(i int) bool {
+		_, held := st.prev[i]
+		return st.owner[i] == nil && !held && !slices.Contains(kept, i)
+	}
 	for i := range st.owner {
 		if j < 0 && free(i) && st.queued(i) > 0 {
 			j = i
@@ -282,6 +294,11 @@ func (st *steering) heldLocked(kept []int) string {
 	for j, p := range st.owner {
 		if p != nil || slices.Contains(kept, j) {
 			held = append(held, strconv.Itoa(j))
+		}
+	}
+	for _, j := range slices.Sorted(maps.Keys(st.prev)) {
+		if pid := st.prev[j]; proc.Alive(pid) && st.owner[j] == nil && !slices.Contains(kept, j) {
+			held = append(held, fmt.Sprintf("%d@%d", j, pid))
 		}
 	}
 	return strings.Join(held, ",")

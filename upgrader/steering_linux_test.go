@@ -36,7 +36,7 @@ func newTestSteering(t *testing.T) (*steering, []string) {
 	}
 	var passed []string
 	st := &steering{groups: []*steer.Group{g}, names: []string{"tcp-test"}, ports: []int{g.Port()},
-		owner: make([]*workerProc, 1), prev: map[int]bool{}, live: true, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		owner: make([]*workerProc, 1), prev: map[int]int{}, live: true, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		addFile: func(name string, _ *os.File) error { passed = append(passed, name); return nil }}
 	t.Cleanup(st.close)
 	return st, passed
@@ -131,7 +131,7 @@ func TestSteeringReusesFreeSets(t *testing.T) {
 		t.Errorf("held sets %q, want %q", got, want)
 	}
 	st.releaseLocked(b)
-	st.prev[1] = true // as if the previous generation's workers held it
+	st.prev[1] = os.Getppid() // as if the previous generation's workers held it
 	d := testProc(stateStarting)
 	st.acquireLocked(d, -1, nil)
 	if d.set != 3 {

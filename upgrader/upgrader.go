@@ -137,6 +137,15 @@ type Options struct {
 	// probation), one log line says so and workers share the sockets.
 	// It sets the ListenConfig when that is nil.
 	KernelSteering bool
+	// MaxDraining caps the old generations still draining at once
+	// (default DefaultMaxDraining). An upgrade never waits for older
+	// generations to finish draining (overlap.go); going past the cap
+	// either ends the oldest at once, its connections cut, or refuses the
+	// upgrade, as MaxDrainingPolicy says.
+	MaxDraining int
+	// MaxDrainingPolicy is DrainingKillOldest (the default) or
+	// DrainingRefuse.
+	MaxDrainingPolicy string
 }
 
 // Upgrader runs one generation of a service: it owns the listeners, which
@@ -165,6 +174,10 @@ type Upgrader struct {
 	phaseMu   sync.Mutex   // held while an upgrade's outcome sets the phase
 	phase     atomic.Value // string
 	ready     chan struct{}
+	// link is closed when the previous generation has ended tableflip's
+	// parent link: at once after its handover (overlap.go), or when it
+	// exits. Until then tableflip refuses an upgrade.
+	link      chan struct{}
 	parent    chan struct{} // closed when the previous generation has exited
 	exit      chan struct{} // closed when this generation must drain and exit
 	abort     chan struct{} // closed when a new generation stops before it is ready
@@ -174,6 +187,9 @@ type Upgrader struct {
 	forceOnce sync.Once
 	// stopSignalAt is when the first stop signal came (UnixNano), 0 before.
 	stopSignalAt atomic.Int64
+	// endedAt is set once a newer generation ended this draining one at
+	// once, over MaxDraining (overlap.go).
+	endedAt atomic.Bool
 	// After an upgrade with a probation: the successor and when it was
 	// ready; standbyEnd is closed by a stop signal while standing by.
 	successor   int
@@ -226,6 +242,12 @@ func New(opts Options) (*Upgrader, error) {
 	}
 	if opts.WorkerMode == "" {
 		opts.WorkerMode = GoroutineWorkers
+	}
+	if opts.MaxDraining <= 0 {
+		opts.MaxDraining = DefaultMaxDraining
+	}
+	if opts.MaxDrainingPolicy == "" {
+		opts.MaxDrainingPolicy = DrainingKillOldest
 	}
 	if opts.KernelSteering && opts.ListenConfig == nil {
 		opts.ListenConfig = steerListenConfig()
@@ -291,6 +313,7 @@ func New(opts Options) (*Upgrader, error) {
 		tf:      tf,
 		started: time.Now(),
 		ready:   make(chan struct{}),
+		link:    make(chan struct{}),
 		parent:  make(chan struct{}),
 		exit:    make(chan struct{}),
 		abort:   make(chan struct{}),
@@ -329,6 +352,7 @@ func New(opts Options) (*Upgrader, error) {
 		u.log.Info("new generation starting", "parent_pid", u.ppid, "version", opts.Version)
 		go u.watchParent()
 	} else {
+		close(u.link)
 		close(u.parent)
 		u.log.Info("starting", "version", opts.Version)
 	}
@@ -382,6 +406,9 @@ const maxSocketPath = 107
 // checkPaths refuses options whose files would overwrite one another, a
 // control socket path too long to bind, and too many workers.
 func checkPaths(opts Options) error {
+	if err := checkPolicy(opts.MaxDrainingPolicy); err != nil {
+		return err
+	}
 	if opts.Workers > MaxWorkers {
 		return fmt.Errorf("%w: %d workers, more than the %d allowed", ErrInvalidOptions, opts.Workers, MaxWorkers)
 	}
@@ -599,6 +626,7 @@ func (u *Upgrader) markReady() error {
 // writeState tells the next or previous generation who this one is, and
 // passes on the service's counters.
 func (u *Upgrader) writeState(upgradeStart time.Time) error {
+	u.absorbDrains()
 	u.mu.Lock()
 	st := u.statsToPassLocked()
 	u.mu.Unlock()
@@ -606,12 +634,19 @@ func (u *Upgrader) writeState(upgradeStart time.Time) error {
 		UpgradeStart: upgradeStart, Stats: st})
 }
 
+// watchParent closes link once the previous generation has ended
+// tableflip's parent link, which it does right after its handover (see
+// endParentLink), and parent once it has exited, after its drain.
 func (u *Upgrader) watchParent() {
 	defer close(u.parent)
-	defer u.countParentDrain()
-	if err := u.tf.WaitForParent(context.Background()); err != nil {
-		u.log.Warn("previous generation exited abnormally", "parent_pid", u.ppid, "err", err)
-		return
+	err := u.tf.WaitForParent(context.Background())
+	close(u.link)
+	if err != nil {
+		u.log.Warn("previous generation ended its link abnormally", "parent_pid", u.ppid, "err", err)
+	}
+	if proc.Alive(u.ppid) {
+		u.log.Info("previous generation let go of this one: it drains on, and upgrades may start", "parent_pid", u.ppid)
+		proc.WaitGone(context.Background(), u.ppid)
 	}
 	u.log.Info("previous generation exited", "parent_pid", u.ppid)
 }
@@ -635,8 +670,11 @@ type UpgradeResult struct {
 // *UpgradeError, with the new generation's last lines of stderr.
 //
 // Only one upgrade runs at a time: a call during another one returns
-// ErrUpgradeInProgress. A call made while the previous generation is still
-// draining waits, bounded by ctx, until it has exited.
+// ErrUpgradeInProgress. An upgrade never waits for older generations to
+// finish draining: they drain on, each to its own deadline, up to
+// Options.MaxDraining of them (overlap.go). With a probation, a call made
+// while the previous generation stands by waits, bounded by ctx, until the
+// probation is over.
 func (u *Upgrader) Upgrade(ctx context.Context) (UpgradeResult, error) {
 	if u.worker != nil {
 		return UpgradeResult{OldPID: os.Getpid()}, errWorkerUpgrade
@@ -663,24 +701,12 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	default:
 		return res, ErrNotReady
 	}
-	select {
-	case <-u.parent:
-	default:
-		left := max(u.opts.DrainTimeout-time.Since(u.readyAt), 0).Round(time.Second)
-		what := fmt.Sprintf("still draining (drain timeout: %s left at most)", left)
-		if u.opts.Probation > 0 {
-			left = max(max(u.opts.DrainTimeout, u.opts.Probation)-time.Since(u.readyAt), 0).Round(time.Second)
-			what = fmt.Sprintf("still draining or standing by for this generation's probation (%s left at most)", left)
-		}
-		progress("wait", fmt.Sprintf("previous generation pid %d is %s; the upgrade starts once it has exited", u.ppid, what))
-		u.log.Info("upgrade waits for previous generation to drain", "parent_pid", u.ppid, "left", left)
-		select {
-		case <-u.parent:
-		case <-u.exit:
-			return res, ErrStopping
-		case <-ctx.Done():
-			return res, fmt.Errorf("upgrader: previous generation pid %d still draining: %w", u.ppid, ctx.Err())
-		}
+	if err := u.waitLink(ctx, progress); err != nil {
+		return res, err
+	}
+	if err := u.checkDrainingCap(); err != nil {
+		u.log.Warn("upgrade refused", "err", err)
+		return res, err
 	}
 	start := time.Now()
 	if err := u.writeState(start); err != nil {
@@ -762,10 +788,10 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	return res, nil
 }
 
-// tfUpgrade runs tableflip's upgrade. Our parent channel closes when
+// tfUpgrade runs tableflip's upgrade. Our link channel closes when
 // tableflip's WaitForParent returns, which can be a moment before
-// tableflip's own loop has seen the parent exit and refuses with "parent
-// hasn't exited": that refusal is retried for up to a second.
+// tableflip's own loop has seen the parent link end and refuses with
+// "parent hasn't exited": that refusal is retried for up to a second.
 func (u *Upgrader) tfUpgrade() error {
 	deadline := time.Now().Add(time.Second)
 	for {
@@ -908,6 +934,7 @@ func execHint(cause string) string {
 
 // Status returns a snapshot of this generation.
 func (u *Upgrader) status() *control.Status {
+	draining := u.liveDraining()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	st := &control.Status{
@@ -931,5 +958,6 @@ func (u *Upgrader) status() *control.Status {
 		st.Workers = u.pool.status()
 		st.Rollback = rollbackOf(u.pool)
 	}
+	st.Generations = generations(control.GenerationStatus{PID: st.PID, Generation: st.Generation, Version: st.Version, State: st.State}, draining)
 	return st
 }

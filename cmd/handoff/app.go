@@ -255,7 +255,9 @@ func status(c *cli.Context) error {
 	fmt.Fprintf(tw, "state\t%s\n", st.State)
 	fmt.Fprintf(tw, "uptime\t%s\n", st.Uptime.Round(time.Second))
 	fmt.Fprintf(tw, "listeners\t%s\n", strings.Join(st.Listeners, " "))
-	if st.ParentPID != 0 {
+	if n := len(st.Generations) - 1; n > 0 {
+		fmt.Fprintf(tw, "draining\t%d old generations\n", n)
+	} else if st.ParentPID != 0 && len(st.Generations) == 0 { // a service from before Generations
 		fmt.Fprintf(tw, "draining\tprevious generation pid %d\n", st.ParentPID)
 	}
 	if st.LastError != "" {
@@ -266,6 +268,23 @@ func status(c *cli.Context) error {
 	}
 	fmt.Fprintf(tw, "workers\t%d\n", len(st.Workers))
 	tw.Flush()
+	if len(st.Generations) > 0 {
+		tw = tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "\nGENERATION\tPID\tVERSION\tSTATE\tLEFT\tDRAIN DEADLINE")
+		for _, g := range st.Generations {
+			left, deadline := "-", "-"
+			if !g.DrainDeadline.IsZero() {
+				unit := g.Unit
+				if g.Left == 1 {
+					unit = strings.TrimSuffix(unit, "s")
+				}
+				left = fmt.Sprintf("%d %s", g.Left, unit)
+				deadline = fmt.Sprintf("%s (in %s)", g.DrainDeadline.Local().Format(time.TimeOnly), max(time.Until(g.DrainDeadline), 0).Round(time.Second))
+			}
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\n", g.Generation, g.PID, g.Version, g.State, left, deadline)
+		}
+		tw.Flush()
+	}
 	if len(st.Workers) > 0 {
 		tw = tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "\nWORKER\tPID\tSTATE\tRESTARTS\tUPTIME\tLAST ERROR")
@@ -323,7 +342,7 @@ func stop(c *cli.Context) error {
 	}
 	also := ""
 	if len(pids) > 1 {
-		also = fmt.Sprintf(", with the new generation pid %s", strings.Trim(fmt.Sprint(pids[1:]), "[]"))
+		also = fmt.Sprintf(", with pid %s", strings.Trim(strings.Join(strings.Fields(fmt.Sprint(pids[1:])), ", "), "[]"))
 	}
 	fmt.Fprintf(c.App.Writer, "stopped: pid %d exited after %d ms%s\n", pids[0], time.Since(start).Milliseconds(), also)
 	return nil

@@ -47,6 +47,8 @@ func runCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "watch", Usage: "upgrade when this file or folder changes (repeatable; for development)", EnvVars: []string{"HANDOFF_WATCH"}},
 			&cli.DurationFlag{Name: "upgrade-timeout", Usage: "how long a new master and its workers may take to be ready", Value: upgrader.DefaultUpgradeTimeout, EnvVars: []string{"HANDOFF_UPGRADE_TIMEOUT"}},
 			&cli.DurationFlag{Name: "drain-timeout", Usage: "how long a worker may take to finish its requests after SIGTERM", Value: upgrader.DefaultDrainTimeout, EnvVars: []string{"HANDOFF_DRAIN_TIMEOUT"}},
+			&cli.IntFlag{Name: "max-draining", Usage: "how many old masters may still drain at once; an upgrade never waits for them", Value: upgrader.DefaultMaxDraining, EnvVars: []string{"HANDOFF_MAX_DRAINING"}},
+			&cli.StringFlag{Name: "max-draining-policy", Usage: "past --max-draining: kill-oldest (end the oldest at once, its connections cut) or refuse (refuse the upgrade)", Value: upgrader.DrainingKillOldest, EnvVars: []string{"HANDOFF_MAX_DRAINING_POLICY"}},
 			&cli.DurationFlag{Name: "probation", Usage: "after an upgrade, how long the old master stands by to restore itself if the new one dies (0: off)", EnvVars: []string{"HANDOFF_PROBATION"}},
 			&cli.StringFlag{Name: "log-format", Usage: "log `format`: text or json", Value: "text", EnvVars: []string{"HANDOFF_LOG_FORMAT"}},
 			&cli.StringFlag{Name: "log-level", Usage: "log `level`: debug, info, warn or error", Value: "info", EnvVars: []string{"HANDOFF_LOG_LEVEL"}},
@@ -123,6 +125,12 @@ func runMaster(c *cli.Context) error {
 			return usageError{fmt.Errorf("invalid value %s for flag --%s: must be positive", c.Duration(name), name)}
 		}
 	}
+	if n := c.Int("max-draining"); n < 1 {
+		return usageError{fmt.Errorf("invalid value %d for flag --max-draining: must be at least 1", n)}
+	}
+	if p := c.String("max-draining-policy"); p != upgrader.DrainingKillOldest && p != upgrader.DrainingRefuse {
+		return usageError{fmt.Errorf("invalid value %q for flag --max-draining-policy: want %s or %s", p, upgrader.DrainingKillOldest, upgrader.DrainingRefuse)}
+	}
 	if c.Duration("probation") < 0 {
 		return usageError{fmt.Errorf("invalid value %s for flag --probation: must not be negative", c.Duration("probation"))}
 	}
@@ -137,22 +145,24 @@ func runMaster(c *cli.Context) error {
 	}
 
 	upg, err := upgrader.New(upgrader.Options{
-		PIDFile:          c.String("pidfile"),
-		Workers:          c.Int("workers"),
-		WorkerMode:       upgrader.ProcessWorkers,
-		WorkerCommand:    argv,
-		WorkersPIDFile:   c.String("workers-pidfile"),
-		WorkerReadyDelay: readyDelay,
-		Watch:            watch.Paths(c.StringSlice("watch")...),
-		UpgradeTimeout:   c.Duration("upgrade-timeout"),
-		DrainTimeout:     c.Duration("drain-timeout"),
-		Probation:        c.Duration("probation"),
-		KernelSteering:   true,
-		Version:          buildVersion(),
-		Logger:           log,
-		SocketMode:       socketMode,
-		SocketUser:       c.String("socket-user"),
-		SocketGroup:      c.String("socket-group"),
+		PIDFile:           c.String("pidfile"),
+		Workers:           c.Int("workers"),
+		WorkerMode:        upgrader.ProcessWorkers,
+		WorkerCommand:     argv,
+		WorkersPIDFile:    c.String("workers-pidfile"),
+		WorkerReadyDelay:  readyDelay,
+		Watch:             watch.Paths(c.StringSlice("watch")...),
+		UpgradeTimeout:    c.Duration("upgrade-timeout"),
+		DrainTimeout:      c.Duration("drain-timeout"),
+		Probation:         c.Duration("probation"),
+		KernelSteering:    true,
+		MaxDraining:       c.Int("max-draining"),
+		MaxDrainingPolicy: c.String("max-draining-policy"),
+		Version:           buildVersion(),
+		Logger:            log,
+		SocketMode:        socketMode,
+		SocketUser:        c.String("socket-user"),
+		SocketGroup:       c.String("socket-group"),
 	})
 	if err != nil {
 		return err

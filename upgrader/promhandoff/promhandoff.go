@@ -38,6 +38,10 @@ var (
 		"Workers of the serving generation's pool, by state.", []string{"state"}, nil)
 	descRestarts = prometheus.NewDesc("handoff_worker_restarts_total",
 		"Restarts of failed workers since the service first started.", nil, nil)
+	descDraining = prometheus.NewDesc("handoff_draining_generations",
+		"Old generations still draining beside the serving one (at most --max-draining).", nil, nil)
+	descDrainingEnded = prometheus.NewDesc("handoff_draining_ended_total",
+		"Draining generations ended at once, their connections cut, because an upgrade went past --max-draining.", nil, nil)
 	descRolledBack = prometheus.NewDesc("handoff_workers_rolled_back",
 		"1 if the serving generation's worker processes crash-looped after its upgrade and now run the previous build, else 0.", nil, nil)
 )
@@ -54,7 +58,7 @@ type collector struct{ src Source }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descGeneration, descInfo, descUpgrades, descUpgradeDuration,
-		descDrainDuration, descConnsCut, descWorkers, descRestarts, descRolledBack} {
+		descDrainDuration, descConnsCut, descWorkers, descRestarts, descRolledBack, descDraining, descDrainingEnded} {
 		ch <- d
 	}
 }
@@ -78,6 +82,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		rolledBack = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descRolledBack, prometheus.GaugeValue, rolledBack)
+	ch <- prometheus.MustNewConstMetric(descDraining, prometheus.GaugeValue, float64(st.Draining))
+	ch <- prometheus.MustNewConstMetric(descDrainingEnded, prometheus.CounterValue, float64(st.DrainingEnded))
 }
 
 // histogram turns h's counts per bound into Prometheus's cumulated ones.
