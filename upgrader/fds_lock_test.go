@@ -91,3 +91,43 @@ func TestLockFile(t *testing.T) {
 		t.Errorf("after unlock: a writer sees %d, want F_UNLCK", got)
 	}
 }
+
+// TestLockFileExcludesSharersOfTheDescription: every generation holds the
+// state file through one inherited open file description, and the lock
+// taken by one of them is seen through that description by the others;
+// closing another descriptor of the file, as tableflip does with its copy
+// at an upgrade's end, does not drop it.
+func TestLockFileExcludesSharersOfTheDescription(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// shared: another descriptor of f's open file description, as another
+	// generation holds it.
+	fd, err := unix.Dup(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared := os.NewFile(uintptr(fd), "shared")
+	defer shared.Close()
+
+	unlock := lockFile(f, true)
+	defer unlock()
+	if got := lockHeld(t, shared, unix.F_RDLCK); got != unix.F_WRLCK {
+		t.Fatalf("a sharer of the description sees %d, want F_WRLCK (%d)", got, unix.F_WRLCK)
+	}
+	fd2, err := unix.Dup(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd2) // tableflip closing its copy
+	if got := lockHeld(t, shared, unix.F_RDLCK); got != unix.F_WRLCK {
+		t.Errorf("after another descriptor's close the sharer sees %d, want the lock still held (F_WRLCK)", got)
+	}
+	unlock()
+	if got := lockHeld(t, shared, unix.F_WRLCK); got != unix.F_UNLCK {
+		t.Errorf("after unlock the sharer sees %d, want F_UNLCK", got)
+	}
+}

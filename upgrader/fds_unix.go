@@ -54,38 +54,6 @@ func socketFile(c syscall.Conn, name string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), name), nil
 }
 
-// lockFile takes a POSIX record lock on all of f, exclusive or shared,
-// waiting for it, and returns its release. Such locks belong to the
-// process, so they exclude other processes even through one shared open
-// file description. A failure to lock leaves f unlocked: the state is
-// then as safe as before locks.
-func lockFile(f *os.File, exclusive bool) (unlock func()) {
-	typ := int16(unix.F_RDLCK)
-	if exclusive {
-		typ = unix.F_WRLCK
-	}
-	lk := unix.Flock_t{Type: typ, Whence: 0, Start: 0, Len: 0}
-	raw, err := f.SyscallConn()
-	if err != nil {
-		return func() {}
-	}
-	var lerr error
-	if err := raw.Control(func(fd uintptr) {
-		for {
-			lerr = unix.FcntlFlock(fd, unix.F_SETLKW, &lk)
-			if lerr != unix.EINTR {
-				return
-			}
-		}
-	}); err != nil || lerr != nil {
-		return func() {}
-	}
-	return func() {
-		un := unix.Flock_t{Type: unix.F_UNLCK, Whence: 0, Start: 0, Len: 0}
-		raw.Control(func(fd uintptr) { unix.FcntlFlock(fd, unix.F_SETLK, &un) })
-	}
-}
-
 // clearSocketMode sets the mode of the unbound socket fd to 0: on Linux
 // the file bind creates gets it (less the umask), so nobody but root can
 // connect before the mode is set.
