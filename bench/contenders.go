@@ -186,7 +186,9 @@ func (e *env) start(ctx context.Context, c contender) (*instance, error) {
 		// A worker process of a first generation may serve before its
 		// master is ready (all its workers are): an upgrade asked before
 		// would find no PID file. The master writes it once ready.
-		if _, err := waitNewPID(ctx, in.pidfile, 0, func() error {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if _, err := waitNewPID(rctx, in.pidfile, 0, func() error {
 			select {
 			case <-in.waited:
 				return fmt.Errorf("exited before ready: %v", in.cmd.ProcessState)
