@@ -182,6 +182,24 @@ func (e *env) start(ctx context.Context, c contender) (*instance, error) {
 		in.stop()
 		return nil, fmt.Errorf("%s: %w\n%s", c.Name, err, in.lines.tail(20))
 	}
+	if c.Kind == kindHandoff || c.Kind == kindRun {
+		// A worker process of a first generation may serve before its
+		// master is ready (all its workers are): an upgrade asked before
+		// would find no PID file. The master writes it once ready.
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if _, err := waitNewPID(rctx, in.pidfile, 0, func() error {
+			select {
+			case <-in.waited:
+				return fmt.Errorf("exited before ready: %v", in.cmd.ProcessState)
+			default:
+				return nil
+			}
+		}); err != nil {
+			in.stop()
+			return nil, fmt.Errorf("%s: %w\n%s", c.Name, err, in.lines.tail(20))
+		}
+	}
 	return in, nil
 }
 

@@ -116,13 +116,16 @@
 //
 // # Metrics, logs and the control socket
 //
-// With Options.Metrics set, the upgrader registers the handoff_* series:
-// the serving generation, upgrades by result, upgrade and drain durations,
-// connections cut at the drain timeout, workers by state and worker
-// restarts. Counters and histograms count since the service's first start:
-// each generation passes them on to the next. Serve them with ServeAdmin,
-// whose listener survives upgrades like the service's, so a scrape never
-// fails during one.
+// Stats returns a snapshot for integrations: the serving generation,
+// upgrades by result, upgrade and drain durations, connections cut at the
+// drain timeout, workers by state and worker restarts. Counters and
+// histograms count since the service's first start: each generation passes
+// them on to the next. Package upgrader/promhandoff exports them to
+// Prometheus as the handoff_* series; serve them with ServeAdmin, whose
+// listener survives upgrades like the service's, so a scrape never fails
+// during one. Package upgrader/watch upgrades on file changes
+// (Options.Watch). Neither is imported here: a program pays for
+// Prometheus or fsnotify only if it imports them.
 //
 // Every line the upgrader logs, through Options.Logger (log/slog), carries
 // pid and generation; upgrade and drain lines carry their duration.
