@@ -150,7 +150,10 @@ func TestOverlapEchoUnderLoad(t *testing.T) {
 		echoV1 := buildBin(t, "examples/echo", "v1")
 		echoV2 := buildBin(t, "examples/echo", "v2")
 		e := newService(t, echoV1, "echo")
-		e.start(append(m.args, "--drain-timeout", "10s", "--max-draining", "5")...)
+		e.start(append(m.args, "--drain-timeout", "20s", "--max-draining", "5")...)
+		// The drain timeout must outlast the 5 upgrades (2 s each at a
+		// load average of 20 on 2 cores), so that every reload is asked
+		// while every older generation still drains.
 		e.log.waitFor(t, 0, "msg=ready", "generation=1")
 		h := startHello(t, helloV1, m.args...)
 
