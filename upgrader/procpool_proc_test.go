@@ -38,6 +38,7 @@ const (
 //	hang      never ready; exit 0 at SIGTERM
 //	quiet     no notification (a ready delay makes it ready)
 //	stubborn  READY=1, then ignore SIGTERM (only SIGKILL ends it)
+//	deaf      never ready, and ignore SIGTERM
 //	crash     exit 3 at once
 //
 // It reports each gate byte and each SIGTERM on the test's events socket
@@ -92,11 +93,11 @@ func fakeWorker(mode string) int {
 		select {
 		case <-term:
 			event("sigterm")
-			if mode != "stubborn" {
+			if mode != "stubborn" && mode != "deaf" {
 				return 0
 			}
 		case <-eof:
-			if mode != "stubborn" {
+			if mode != "stubborn" && mode != "deaf" {
 				return 0
 			}
 		}
@@ -452,4 +453,64 @@ func TestProcPoolDrainKillsStubbornWorker(t *testing.T) {
 	if pp.cutCount() != 1 || logs.count("drain timeout: worker processes killed", "killed=1") != 1 {
 		t.Errorf("cut %d; the log:\n%s", pp.cutCount(), logs)
 	}
+}
+
+// TestProcPoolRollKillsStubbornReplacement: a replacement not ready in
+// time that ignores SIGTERM is killed the drain timeout and
+// workerCutGrace after it.
+func TestProcPoolRollKillsStubbornReplacement(t *testing.T) {
+	pp, logs, setMode := procTestPool(t, 1, "ready")
+	pp.drainTimeout = 100 * time.Millisecond
+	pp.start()
+	waitClosed(t, pp.ready(), "pool ready")
+	setMode("deaf")
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	var repl *workerProc
+	_, err := pp.roll(ctx, func(string) {})
+	pp.mu.Lock()
+	repl = pp.slots[0].next
+	pp.mu.Unlock()
+	if err == nil || repl == nil {
+		t.Fatalf("roll to a build never ready: %v, replacement %v", err, repl)
+	}
+	waitClosed(t, repl.exited, "stubborn replacement killed")
+	logs.waitFor(t, 1, "worker still running after its drain timeout, killing it", "worker_pid="+strconv.Itoa(repl.pid), "timeout=1.1s")
+}
+
+// TestProcPoolUnpublishedLeavesWorkersPIDFile: while the workers PID
+// file is not this generation's (a new one takes over), the pool neither
+// writes it nor removes it at its drain.
+func TestProcPoolUnpublishedLeavesWorkersPIDFile(t *testing.T) {
+	pp, _, _ := procTestPool(t, 1, "ready")
+	pp.pidFile = filepath.Join(t.TempDir(), "w.pid")
+	if err := WritePIDFile(pp.pidFile, 1); err != nil { // the new generation's
+		t.Fatal(err)
+	}
+	pp.start()
+	waitClosed(t, pp.ready(), "pool ready")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := pp.drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ReadPIDFile(pp.pidFile); err != nil || !slices.Equal(got, []int{1}) {
+		t.Errorf("workers PID file %v (%v) after an unpublished pool ran and drained, want the other generation's [1]", got, err)
+	}
+}
+
+// TestPublishWorkers: the Upgrader turns its process pool's PID file on
+// and off; a goroutine pool has none.
+func TestPublishWorkers(t *testing.T) {
+	pp, _ := testProcPool(t, 1)
+	u := &Upgrader{pool: pp}
+	u.publishWorkers(true)
+	if !pp.publish {
+		t.Error("publishWorkers(true) left the pool unpublished")
+	}
+	u.publishWorkers(false)
+	if pp.publish {
+		t.Error("publishWorkers(false) left the pool published")
+	}
+	(&Upgrader{pool: &pool{}}).publishWorkers(true) // nothing to publish
 }
