@@ -4,6 +4,8 @@ package upgrader
 
 import (
 	"context"
+	"net"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -60,5 +62,43 @@ func TestProcPoolSteeringKeepsSlotSets(t *testing.T) {
 	}
 	if n := st.groups[0].Len(); n != 0 {
 		t.Errorf("socket group holds %d sockets after the drain left no worker, want closed", n)
+	}
+}
+
+// TestSteeringRefusedWhereItCannotHold: kernel steering is refused, with
+// the reason logged and every worker sharing each socket, with a
+// probation (a restore does not pass the socket groups on), with a UDP
+// socket, with no socket, or with sockets that are not all listeners.
+func TestSteeringRefusedWhereItCannotHold(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	tcp := sockRef{name: "tcp-x", addr: "127.0.0.1:0", conn: ln.(syscall.Conn)}
+	for _, tc := range []struct {
+		name string
+		u    *Upgrader
+		want string
+	}{
+		{"probation", &Upgrader{opts: Options{Probation: time.Second}, socks: []sockRef{tcp}, lns: []net.Listener{ln}}, "not with --probation"},
+		{"udp", &Upgrader{socks: []sockRef{tcp}, lns: []net.Listener{ln}, pcs: []net.PacketConn{pc}}, "only TCP listeners"},
+		{"no socket", &Upgrader{}, "only TCP listeners"},
+		{"not all listeners", &Upgrader{socks: []sockRef{tcp, tcp}, lns: []net.Listener{ln}}, "only TCP listeners"},
+	} {
+		logs := newLogLines()
+		tc.u.log = logs.logger()
+		if st := newSteering(tc.u); st != nil {
+			st.close()
+			t.Errorf("%s: steering on", tc.name)
+		}
+		if logs.count("kernel steering off", tc.want) != 1 {
+			t.Errorf("%s: the log:\n%s", tc.name, logs)
+		}
 	}
 }
