@@ -4,8 +4,6 @@ package upgrader
 
 import (
 	"errors"
-	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -57,51 +55,5 @@ func TestStandByStoppedAsAskedHandsNoMainPID(t *testing.T) {
 		t.Errorf("systemd told %q after the successor stopped as asked, want nothing", b[:n])
 	} else if !errors.Is(rerr, unix.EAGAIN) {
 		t.Fatal(rerr)
-	}
-}
-
-// TestStateLockDroppedByClosingAnotherDescriptor: the state file's lock is
-// a POSIX record lock, which the kernel drops when the process closes any
-// descriptor of the file, not only the one it locked through. tableflip
-// holds a dup of the state file (AddFile, File) and closes it when an
-// upgrade completes (closeUsed) or at the stop (closeAndRemoveUsed): a lock
-// held by another goroutine at that moment is silently gone. This test
-// pins the kernel's rule the state file depends on; if it ever fails, the
-// state file's lock may hold across such a close (see docs/testing.md).
-func TestStateLockDroppedByClosingAnotherDescriptor(t *testing.T) {
-	t.Setenv("TMPDIR", t.TempDir())
-	sf, err := newStateFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sf.f.Close()
-	// Another open file description of the same (unlinked) file, to ask
-	// the kernel with an OFD lock probe, which sees this process's
-	// record locks as conflicting.
-	probe, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", sf.f.Fd()), os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer probe.Close()
-	held := func() bool {
-		lk := unix.Flock_t{Type: unix.F_RDLCK}
-		if err := unix.FcntlFlock(probe.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
-			t.Fatal(err)
-		}
-		return lk.Type == unix.F_WRLCK
-	}
-
-	unlock := lockFile(sf.f, true)
-	defer unlock()
-	if !held() {
-		t.Fatal("exclusive lock not seen")
-	}
-	dup, err := unix.Dup(int(sf.f.Fd())) // as tableflip's AddFile does
-	if err != nil {
-		t.Fatal(err)
-	}
-	unix.Close(dup)
-	if held() {
-		t.Fatal("the lock survived the close of another descriptor of the file: the kernel's rule changed, or the lock is no POSIX record lock any more")
 	}
 }

@@ -199,7 +199,7 @@ func TestProcPoolServesReplacesAndDrains(t *testing.T) {
 	}
 	logs.waitFor(t, 1, fakeEvent(first[0], "gate open"))
 	logs.waitFor(t, 1, fakeEvent(first[1], "gate open"))
-	if got, err := ReadPIDFile(pp.pidFile); err != nil || !slices.Equal(got, first) {
+	if got, err := readPIDFile(pp.pidFile); err != nil || !slices.Equal(got, first) {
 		t.Fatalf("workers PID file %v (%v), want %v", got, err, first)
 	}
 
@@ -214,7 +214,7 @@ func TestProcPoolServesReplacesAndDrains(t *testing.T) {
 		t.Errorf("%d slots counted ready, want 2", pp.nready)
 	}
 	logs.waitFor(t, 1, fakeEvent(st[0].PID, "gate open"))
-	if got, _ := ReadPIDFile(pp.pidFile); !slices.Equal(got, []int{st[0].PID, first[1]}) {
+	if got, _ := readPIDFile(pp.pidFile); !slices.Equal(got, []int{st[0].PID, first[1]}) {
 		t.Errorf("workers PID file %v after the restart, want %v", got, []int{st[0].PID, first[1]})
 	}
 
@@ -367,7 +367,7 @@ func TestProcPoolRoll(t *testing.T) {
 	if len(rolled) != 2 || slices.Contains(rolled, old[0].pid) || slices.Contains(rolled, old[1].pid) || slices.Contains(rolled, 0) {
 		t.Fatalf("workers after the roll %v, old %d %d", rolled, old[0].pid, old[1].pid)
 	}
-	if got, _ := ReadPIDFile(pp.pidFile); !slices.Equal(got, rolled) {
+	if got, _ := readPIDFile(pp.pidFile); !slices.Equal(got, rolled) {
 		t.Errorf("workers PID file %v after the roll, want %v", got, rolled)
 	}
 	if pp.nready != 2 || pp.slots[0].restarts != 0 {
@@ -484,7 +484,7 @@ func TestProcPoolRollKillsStubbornReplacement(t *testing.T) {
 func TestProcPoolUnpublishedLeavesWorkersPIDFile(t *testing.T) {
 	pp, _, _ := procTestPool(t, 1, "ready")
 	pp.pidFile = filepath.Join(t.TempDir(), "w.pid")
-	if err := WritePIDFile(pp.pidFile, 1); err != nil { // the new generation's
+	if err := writePIDFile(pp.pidFile, 1); err != nil { // the new generation's
 		t.Fatal(err)
 	}
 	pp.start()
@@ -494,7 +494,7 @@ func TestProcPoolUnpublishedLeavesWorkersPIDFile(t *testing.T) {
 	if err := pp.drain(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := ReadPIDFile(pp.pidFile); err != nil || !slices.Equal(got, []int{1}) {
+	if got, err := readPIDFile(pp.pidFile); err != nil || !slices.Equal(got, []int{1}) {
 		t.Errorf("workers PID file %v (%v) after an unpublished pool ran and drained, want the other generation's [1]", got, err)
 	}
 }
