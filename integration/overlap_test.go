@@ -27,7 +27,7 @@ import (
 // echoClient is a long-lived connection to examples/echo that sends a line
 // every 100 ms and checks its echo, until the server closes it or stop.
 type echoClient struct {
-	holder int // pid of the generation that accepted it
+	holder int // pid of the generation that accepted it (connOwner)
 	conn   net.Conn
 	echoed atomic.Int64
 	done   chan struct{}
@@ -67,6 +67,13 @@ func openEchoClients(t *testing.T, s *service, n int, stop <-chan struct{}) []*e
 				t.Fatal("echo client: no first echo before the test's deadline")
 			}
 		}
+	}
+	conns := make([]net.Conn, len(cs))
+	for i, c := range cs {
+		conns[i] = c.conn
+	}
+	for i, owner := range connOwners(t, s, conns) {
+		cs[i].holder = owner
 	}
 	return cs
 }
@@ -383,12 +390,17 @@ func TestOverlapMaxDraining(t *testing.T) {
 // TestOverlapRefusePolicy: with --max-draining 1 --max-draining-policy
 // refuse, an upgrade that would make 2 draining generations is refused,
 // naming the one that drains; the serving generation serves on and no
-// held request is cut.
+// held request is cut. A connection made once a reload has returned
+// reaches the new generation, never the old one.
 func TestOverlapRefusePolicy(t *testing.T) {
 	s := startHello(t, helloV1, "--max-draining", "1", "--max-draining-policy", "refuse", "--drain-timeout", "60s")
 	first := holdRequest(t, s)
 	s.upgradeN(0)
 	second := holdRequest(t, s)
+	if second.pid == first.pid {
+		// The old generation stops accepting before the reload is answered.
+		t.Errorf("a connection made after the reload returned was accepted by the old generation, pid %d", first.pid)
+	}
 	pid, pidFile := s.pid(), s.pidFileBytes()
 	install(t, helloV1, s.exe)
 	code, out, errOut := s.handoff("reload", "--no-follow")

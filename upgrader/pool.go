@@ -242,7 +242,10 @@ func (p *pool) workerReady(id int) {
 // drain stops the pool: it marks it draining, closes the sockets so no
 // worker accepts any more, and waits for the workers until ctx is done,
 // when it cancels their context and waits a little more.
-func (p *pool) drain(ctx context.Context) error {
+// stopAccepting ends the accept loops, closes the draining channel and
+// stops reading datagrams: the first step of the drain, taken as soon as
+// an upgrade succeeds (Upgrader.stopAccepting).
+func (p *pool) stopAccepting() {
 	p.drainOne.Do(func() {
 		p.mu.Lock()
 		close(p.draining)
@@ -264,6 +267,10 @@ func (p *pool) drain(ctx context.Context) error {
 			pc.SetReadDeadline(time.Now())
 		}
 	})
+}
+
+func (p *pool) drain(ctx context.Context) error {
+	p.stopAccepting()
 	defer p.closePacketsOnce.Do(func() {
 		for _, pc := range p.pcs {
 			pc.Close()

@@ -45,6 +45,40 @@ func (k *keptSockets) close() {
 	}
 }
 
+// stopAccepting is the first step of this generation's drain, taken as
+// soon as its upgrade succeeds and before the upgrade is answered: the
+// accept loops end, so that whoever connects once `handoff reload` has
+// returned reaches the new generation, never this one. The sockets a
+// probation's stand-by needs are kept first, while they are still open.
+func (u *Upgrader) stopAccepting() {
+	u.mu.Lock()
+	p := u.pool
+	u.mu.Unlock()
+	if p == nil {
+		return
+	}
+	if u.opts.Probation > 0 && u.worker == nil {
+		k := u.keepSockets()
+		u.mu.Lock()
+		u.kept, u.keptTaken = k, true
+		u.mu.Unlock()
+	}
+	p.stopAccepting()
+}
+
+// takeKeptSockets returns the sockets stopAccepting kept, or keeps them
+// now.
+func (u *Upgrader) takeKeptSockets() *keptSockets {
+	u.mu.Lock()
+	k, taken := u.kept, u.keptTaken
+	u.kept = nil
+	u.mu.Unlock()
+	if taken {
+		return k
+	}
+	return u.keepSockets()
+}
+
 // keepSockets copies the service's sockets for a restore, before the
 // drain closes them.
 func (u *Upgrader) keepSockets() *keptSockets {

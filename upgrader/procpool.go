@@ -63,6 +63,9 @@ type workers interface {
 	start() error
 	ready() <-chan struct{}
 	drain(ctx context.Context) error
+	// stopAccepting stops the accept loops of this process before an
+	// upgrade is answered; drain does the rest.
+	stopAccepting()
 	status() []control.WorkerStatus
 	// progress tells how much a drain has left; cutCount how many
 	// connections or workers it cut at the drain timeout.
@@ -693,6 +696,11 @@ func (pp *procPool) progress() progress {
 	defer pp.mu.Unlock()
 	return progress{Left: len(pp.procs), Unit: "workers"}
 }
+
+// stopAccepting does nothing: the master accepts nothing itself, and its
+// worker processes stop accepting at the drain's SIGTERM, a moment after
+// the upgrade is answered.
+func (pp *procPool) stopAccepting() {}
 
 func (pp *procPool) cutCount() int64 {
 	pp.mu.Lock()

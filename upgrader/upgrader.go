@@ -197,6 +197,10 @@ type Upgrader struct {
 	standing    atomic.Bool
 	standbyEnd  chan struct{}
 	standbyOnce sync.Once
+	// kept: the sockets kept for the stand-by, taken before the listeners
+	// close (stopAccepting); keptTaken says they were.
+	kept      *keptSockets
+	keptTaken bool
 
 	worker  *workerSide // set in a worker process
 	rolling atomic.Bool
@@ -776,6 +780,7 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 		u.log.Warn("new generation ready but its state is unreadable", "err", serr)
 	}
 	res.NewPID, res.Generation, res.Version, res.Duration = st.PID, st.Generation, st.Version, took
+	u.stopAccepting()
 	u.sdUpgraded(st.PID)
 	u.log.Info("upgrade done, draining", "new_pid", st.PID, "new_generation", st.Generation, "duration", took.Round(time.Millisecond))
 	progress("ready", fmt.Sprintf("new generation pid %d ready in %d ms", st.PID, took.Milliseconds()))
