@@ -38,8 +38,9 @@ type genState struct {
 // stateFile is shared by every generation of a service. Mostly one of them
 // writes at a time: the serving one before it starts an upgrade, the new
 // one just before it reports ready. An old generation's drain record and a
-// new one's stop mark can meet, so every access holds a POSIX record lock
-// (per process, unlike flock on this one shared open file description).
+// new one's stop mark can meet, so every access holds a lock of the whole
+// file (lockFile: an open-file-description lock on Linux, taken through a
+// description of its own, fds_lock_linux.go).
 type stateFile struct {
 	f *os.File
 }
