@@ -107,8 +107,10 @@ func (u *Upgrader) keepSockets() *keptSockets {
 // its successor, pid succ, ready at readyAt, is over. It restores this
 // build if the successor dies before without having been asked to stop.
 //
-// Whatever happens, it hands systemd's MAINPID on before it returns (see
-// sdUpgraded): to the successor, or to the restored process.
+// Before it returns it hands systemd's MAINPID on (see sdUpgraded): to
+// the successor, or to the restored process. The one exception is a
+// successor that stopped as asked: the service is stopping, and there is
+// no process left to name.
 func (u *Upgrader) standBy(k *keptSockets, succ int, readyAt time.Time) {
 	defer k.close()
 	if succ <= 0 {
