@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -82,14 +81,9 @@ func established(t *testing.T, addr string) int {
 	t.Helper()
 	_, port, _ := net.SplitHostPort(addr)
 	p, _ := strconv.Atoi(port)
-	b, err := os.ReadFile("/proc/net/tcp")
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := fmt.Sprintf(":%04X", p)
 	n := 0
-	for _, line := range strings.Split(string(b), "\n")[1:] {
-		f := strings.Fields(line)
+	for _, f := range procNetTCP(t) {
 		if len(f) > 3 && strings.HasSuffix(f[2], want) && f[3] == "01" {
 			n++
 		}

@@ -36,13 +36,9 @@ func connOwners(t *testing.T, s *service, conns []net.Conn) []int {
 			}
 		}
 	}
-	b, err := os.ReadFile("/proc/net/tcp")
-	if err != nil {
-		t.Fatal(err)
-	}
 	inodes := map[string]string{} // "local remote" -> inode
-	for _, line := range strings.Split(string(b), "\n")[1:] {
-		if f := strings.Fields(line); len(f) > 9 {
+	for _, f := range procNetTCP(t) {
+		if len(f) > 9 {
 			inodes[f[1]+" "+f[2]] = f[9]
 		}
 	}
@@ -73,4 +69,22 @@ func procTCPAddr(t *testing.T, a net.Addr) string {
 	}
 	ip := ta.IP.To4()
 	return fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], ta.Port)
+}
+
+// procNetTCP returns the fields of each socket's line of /proc/net/tcp:
+// 1 the local address, 2 the remote one (procTCPAddr), 3 the state, 9 the
+// inode.
+func procNetTCP(t *testing.T) [][]string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var socks [][]string
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		if f := strings.Fields(line); len(f) > 0 {
+			socks = append(socks, f)
+		}
+	}
+	return socks
 }

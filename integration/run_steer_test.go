@@ -205,14 +205,9 @@ func listeners(t *testing.T, addr string) int {
 	t.Helper()
 	_, port, _ := strings.Cut(addr, ":")
 	p, _ := strconv.Atoi(port)
-	b, err := os.ReadFile("/proc/net/tcp")
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := fmt.Sprintf(":%04X", p)
 	n := 0
-	for _, line := range strings.Split(string(b), "\n")[1:] {
-		f := strings.Fields(line)
+	for _, f := range procNetTCP(t) {
 		if len(f) > 3 && strings.HasSuffix(f[1], want) && f[3] == "0A" {
 			n++
 		}

@@ -239,9 +239,6 @@ func (p *pool) workerReady(id int) {
 	}
 }
 
-// drain stops the pool: it marks it draining, closes the sockets so no
-// worker accepts any more, and waits for the workers until ctx is done,
-// when it cancels their context and waits a little more.
 // stopAccepting ends the accept loops, closes the draining channel and
 // stops reading datagrams: the first step of the drain, taken as soon as
 // an upgrade succeeds (Upgrader.stopAccepting).
@@ -269,6 +266,9 @@ func (p *pool) stopAccepting() {
 	})
 }
 
+// drain stops the pool: it marks it draining, closes the sockets so no
+// worker accepts any more, and waits for the workers until ctx is done,
+// when it cancels their context and waits a little more.
 func (p *pool) drain(ctx context.Context) error {
 	p.stopAccepting()
 	defer p.closePacketsOnce.Do(func() {

@@ -58,25 +58,17 @@ func (u *Upgrader) stopAccepting() {
 		return
 	}
 	if u.opts.Probation > 0 && u.worker == nil {
-		k := u.keepSockets()
-		u.mu.Lock()
-		u.kept, u.keptTaken = k, true
-		u.mu.Unlock()
+		u.keptSockets()
 	}
 	p.stopAccepting()
 }
 
-// takeKeptSockets returns the sockets stopAccepting kept, or keeps them
-// now.
-func (u *Upgrader) takeKeptSockets() *keptSockets {
-	u.mu.Lock()
-	k, taken := u.kept, u.keptTaken
-	u.kept = nil
-	u.mu.Unlock()
-	if taken {
-		return k
-	}
-	return u.keepSockets()
+// keptSockets returns the sockets kept for the stand-by, copying them on
+// the first call. The drain, which runs beside the end of the upgrade,
+// may come first: either way they are copied once, while still open.
+func (u *Upgrader) keptSockets() *keptSockets {
+	u.keepOnce.Do(func() { u.kept = u.keepSockets() })
+	return u.kept
 }
 
 // keepSockets copies the service's sockets for a restore, before the

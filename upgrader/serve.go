@@ -200,7 +200,7 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 	}
 	var standDone chan struct{}
 	if !final && u.opts.Probation > 0 && u.worker == nil {
-		kept := u.takeKeptSockets()
+		kept := u.keptSockets()
 		u.mu.Lock()
 		succ, at := u.successor, u.successorAt
 		u.mu.Unlock()

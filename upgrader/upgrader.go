@@ -197,10 +197,11 @@ type Upgrader struct {
 	standing    atomic.Bool
 	standbyEnd  chan struct{}
 	standbyOnce sync.Once
-	// kept: the sockets kept for the stand-by, taken before the listeners
-	// close (stopAccepting); keptTaken says they were.
-	kept      *keptSockets
-	keptTaken bool
+	// kept: the sockets kept for the stand-by, copied once (keepOnce) by
+	// the first of stopAccepting and the drain, before either closes the
+	// listeners.
+	kept     *keptSockets
+	keepOnce sync.Once
 
 	worker  *workerSide // set in a worker process
 	rolling atomic.Bool
