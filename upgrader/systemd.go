@@ -62,7 +62,7 @@ type systemd struct {
 // the first generation of a service adopts LISTEN_FDS (and removes the
 // LISTEN_* variables, so no process started later sees them); a later
 // generation inherits every socket from its parent through tableflip.
-func newSystemd(tf *tableflip.Upgrader, hasParent bool) (*systemd, error) {
+func newSystemd(tf handover, hasParent bool) (*systemd, error) {
 	sd := &systemd{notify: os.Getenv("NOTIFY_SOCKET") != ""}
 	sd.alien = hasParent && os.Getenv("INVOCATION_ID") != ""
 	if !hasParent {

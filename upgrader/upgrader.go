@@ -156,7 +156,7 @@ type Options struct {
 type Upgrader struct {
 	opts    Options
 	log     *slog.Logger
-	tf      *tableflip.Upgrader
+	tf      handover
 	sd      *systemd
 	state   *stateFile
 	gen     int
@@ -229,7 +229,9 @@ type Upgrader struct {
 // New starts a generation. In the first process of a service it checks
 // that no other instance runs with the same PID file; in a process started
 // by an upgrade it takes the listeners over from its parent.
-func New(opts Options) (*Upgrader, error) {
+func New(opts Options) (*Upgrader, error) { return newUpgrader(opts, tableflipHandover) }
+
+func newUpgrader(opts Options, startHandover newHandover) (*Upgrader, error) {
 	if opts.UpgradeTimeout <= 0 {
 		opts.UpgradeTimeout = DefaultUpgradeTimeout
 	}
@@ -296,22 +298,15 @@ func New(opts Options) (*Upgrader, error) {
 		}
 	}
 
-	tf, err := tableflip.New(tableflip.Options{
+	tf, err := startHandover(tableflip.Options{
 		UpgradeTimeout: opts.UpgradeTimeout,
 		ListenConfig:   opts.ListenConfig,
-	})
+	}, hasParent)
 	if err != nil {
 		return nil, fmt.Errorf("upgrader: %w", err)
 	}
 	os.Unsetenv(tableflipParentEnv)
 	os.Unsetenv(treeEnv)
-	if hasParent {
-		// tableflip's pipes to the parent, fds 3 and 4, are inherited
-		// without close-on-exec; fd 4 stays open until the parent has
-		// exited. Keep them out of processes the application starts.
-		closeOnExec(3)
-		closeOnExec(4)
-	}
 
 	u := &Upgrader{
 		opts:    opts,
@@ -696,12 +691,17 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 		return res, ErrUpgradeInProgress
 	}
 	defer u.upgrading.Store(false)
+	// The end first: a generation that handed over or stops is ready
+	// too, and a select would pick either at random.
 	select {
 	case <-u.exit:
 		if u.phase.Load() == "draining" {
 			return res, ErrUpgraded
 		}
 		return res, ErrStopping
+	default:
+	}
+	select {
 	case <-u.ready:
 	default:
 		return res, ErrNotReady
