@@ -494,3 +494,90 @@ func TestUpgradeFailsAndServesOn(t *testing.T) {
 		t.Errorf("upgrade after a failed one: %v", err)
 	}
 }
+
+// TestUpgraderRoll: a rolling restart is refused without worker processes,
+// before ready, during an upgrade or another roll, and once stopping; a
+// roll that stops at a failing replacement says so.
+func TestUpgraderRoll(t *testing.T) {
+	h := newFakeHandover(t)
+	u := mustNew(t, Options{Workers: 1}, h)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nop := func(string) {}
+	if _, err := u.roll(ctx, nop); err == nil || !strings.Contains(err.Error(), "worker mode is goroutine") {
+		t.Errorf("roll without worker processes: %v", err)
+	}
+	pp, _, setMode := procTestPool(t, 1, "ready")
+	pp.start()
+	waitClosed(t, pp.ready(), "pool ready")
+	u.mu.Lock()
+	u.pool = pp
+	u.mu.Unlock()
+	if _, err := u.roll(ctx, nop); !errors.Is(err, ErrNotReady) {
+		t.Errorf("roll before ready: %v, want ErrNotReady", err)
+	}
+	if err := u.markReady(); err != nil {
+		t.Fatal(err)
+	}
+	u.upgrading.Store(true)
+	if _, err := u.roll(ctx, nop); !errors.Is(err, ErrUpgradeInProgress) {
+		t.Errorf("roll during an upgrade: %v, want ErrUpgradeInProgress", err)
+	}
+	u.rolling.Store(true)
+	if _, err := u.roll(ctx, nop); !errors.Is(err, ErrRollInProgress) {
+		t.Errorf("roll during a roll: %v, want ErrRollInProgress", err)
+	}
+	u.rolling.Store(false)
+	u.upgrading.Store(false)
+
+	setMode("crash")
+	if n, err := u.roll(ctx, nop); n != 0 || err == nil || !strings.Contains(err.Error(), "roll stopped at worker 0") {
+		t.Errorf("roll onto a crashing build: %d, %v; want 0 and the failure", n, err)
+	}
+	if u.rolling.Load() || u.upgrading.Load() {
+		t.Error("a failed roll left the roll or upgrade marked in progress")
+	}
+	setMode("ready")
+	if n, err := u.roll(ctx, nop); n != 1 || err != nil {
+		t.Errorf("roll: %d, %v; want 1 replaced", n, err)
+	}
+	u.Stop()
+	if _, err := u.roll(ctx, nop); !errors.Is(err, ErrStopping) {
+		t.Errorf("roll once stopping: %v, want ErrStopping", err)
+	}
+}
+
+// TestServeRefusesWorkersItCannotStart: Serve fails, starting nothing,
+// without a WorkerFunc in goroutine mode, with an unknown worker mode, and
+// in process mode when two sockets would reach the workers under one name.
+func TestServeRefusesWorkersItCannotStart(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name  string
+		opts  Options
+		fn    WorkerFunc
+		socks []string
+		want  string
+	}{
+		{"no WorkerFunc", Options{}, nil, nil, "needs a WorkerFunc"},
+		{"unknown mode", Options{WorkerMode: "threads"}, func(context.Context, *Worker) error { return nil }, nil, `unknown worker mode "threads"`},
+		{"one name for two sockets", Options{WorkerMode: ProcessWorkers, WorkerCommand: []string{"true"}},
+			nil, []string{filepath.Join(dir, "a:b"), filepath.Join(dir, "a-b")}, "two sockets pass to workers under the name"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := mustNew(t, tc.opts, newFakeHandover(t))
+			for _, path := range tc.socks {
+				if _, err := u.Listen("unix", path); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err := u.Serve(context.Background(), tc.fn)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Serve: %v, want %q", err, tc.want)
+			}
+			if isClosedChan(u.Ready()) {
+				t.Error("ready after a refused Serve")
+			}
+		})
+	}
+}
