@@ -162,3 +162,33 @@ func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 		w.Final(control.Message{Status: u.status(), Stopping: stopping}, nil)
 	}
 }
+
+// Status returns a snapshot of this generation.
+func (u *Upgrader) status() *control.Status {
+	draining := u.liveDraining()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	st := &control.Status{
+		PID:        os.Getpid(),
+		Generation: u.gen,
+		Version:    u.opts.Version,
+		Started:    u.started,
+		Uptime:     time.Since(u.started).Round(time.Millisecond),
+		State:      u.phase.Load().(string),
+		Listeners:  append([]string(nil), u.addrs...),
+		LastError:  u.lastError,
+
+		UpgradeInProgress: u.upgrading.Load() && !u.rolling.Load(),
+	}
+	select {
+	case <-u.parent:
+	default:
+		st.ParentPID = u.ppid
+	}
+	if u.pool != nil {
+		st.Workers = u.pool.status()
+		st.Rollback = rollbackOf(u.pool)
+	}
+	st.Generations = generations(control.GenerationStatus{PID: st.PID, Generation: st.Generation, Version: st.Version, State: st.State}, draining)
+	return st
+}

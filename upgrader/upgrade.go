@@ -1,0 +1,315 @@
+package upgrader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+)
+
+// UpgradeError is returned by Upgrade when the new generation could not
+// be started, exited or was killed before it was ready. The generation
+// that tried goes on serving.
+type UpgradeError struct {
+	// Err says why in one line: the new generation's exit status, the
+	// upgrade timeout, or why it could not be started.
+	Err error
+	// Stderr holds the new generation's last lines of stderr, at most
+	// StderrTailLines.
+	Stderr []string
+}
+
+func (e *UpgradeError) Error() string { return e.Err.Error() }
+
+func (e *UpgradeError) Unwrap() error { return e.Err }
+
+// UpgradeResult describes an upgrade: the pids of the old and the new
+// generation, the new one's generation and version, and how long it took
+// to be ready. Its fields are those of control.UpgradeResult, the wire
+// form the control socket sends.
+type UpgradeResult struct {
+	OldPID     int
+	NewPID     int
+	Generation int
+	Version    string
+	Duration   time.Duration
+}
+
+// Upgrade starts the next generation from the executable at this
+// process's path, which may have been replaced, and waits until it is
+// ready or has failed. Once it succeeds, this generation drains and Serve
+// returns. On failure this generation goes on serving and the error is an
+// *UpgradeError, with the new generation's last lines of stderr.
+//
+// Only one upgrade runs at a time: a call during another one returns
+// ErrUpgradeInProgress. An upgrade never waits for older generations to
+// finish draining: they drain on, each to its own deadline, up to
+// Options.MaxDraining of them (overlap.go). With a probation, a call made
+// while the previous generation stands by waits, bounded by ctx, until the
+// probation is over.
+func (u *Upgrader) Upgrade(ctx context.Context) (UpgradeResult, error) {
+	if u.worker != nil {
+		return UpgradeResult{OldPID: os.Getpid()}, errWorkerUpgrade
+	}
+	return u.upgrade(ctx, func(string, string) {})
+}
+
+func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string)) (UpgradeResult, error) {
+	res := UpgradeResult{OldPID: os.Getpid()}
+	if !u.upgrading.CompareAndSwap(false, true) {
+		if u.rolling.Load() {
+			return res, ErrRollInProgress
+		}
+		return res, ErrUpgradeInProgress
+	}
+	defer u.upgrading.Store(false)
+	// The end first: a generation that handed over or stops is ready
+	// too, and a select would pick either at random.
+	select {
+	case <-u.exit:
+		if u.phase.Load() == "draining" {
+			return res, ErrUpgraded
+		}
+		return res, ErrStopping
+	default:
+	}
+	select {
+	case <-u.ready:
+	default:
+		return res, ErrNotReady
+	}
+	if err := u.waitLink(ctx, progress); err != nil {
+		return res, err
+	}
+	if err := u.checkDrainingCap(); err != nil {
+		u.log.Warn("upgrade refused", "err", err)
+		return res, err
+	}
+	start := time.Now()
+	if err := u.writeState(start); err != nil {
+		return res, err
+	}
+	exe := os.Args[0]
+	progress("start", "starting new generation from "+exe)
+	u.log.Info("upgrade starting", "exe", exe)
+	// Exit() is closed as soon as tf.Upgrade returns: hold phaseMu until
+	// the phase says whether this generation drains after an upgrade or
+	// stops, which drain reads.
+	u.phaseMu.Lock()
+	u.setPhase("upgrading")
+	u.sdReloading()
+	u.publishWorkers(false)
+	relay := u.captureStderr()
+	mark, unmark := markTree()
+	err := u.tfUpgrade()
+	unmark()
+	if err != nil {
+		u.killTree(mark, err)
+	}
+	tail := relay.finish(err != nil)
+	took := time.Since(start)
+	phase := "draining"
+	if err != nil {
+		phase = "ready"
+		u.publishWorkers(true)
+	}
+	var st genState
+	var serr error
+	if err == nil {
+		// Before the phase lock is let go: the drain, which waits for
+		// it, must find the successor (probation.go).
+		st, serr = u.state.read()
+		u.mu.Lock()
+		u.successor, u.successorAt = st.PID, time.Now()
+		u.mu.Unlock()
+	}
+	stopAfter := u.setPhase(phase)
+	u.phaseMu.Unlock()
+	if err != nil {
+		var result string
+		result, err = u.explain(err, took, tail)
+		if errors.Is(err, ErrStopping) {
+			u.log.Info("upgrade abandoned: stopping", "duration", took.Round(time.Millisecond))
+			return res, err
+		}
+		if result != "" {
+			u.countFailedUpgrade(result)
+		}
+		var ue *UpgradeError
+		if errors.As(err, &ue) {
+			u.reclaimPIDFile()
+		}
+		u.mu.Lock()
+		u.lastError = err.Error()
+		u.mu.Unlock()
+		u.log.Error("upgrade failed, this generation goes on serving", "err", err, "duration", took.Round(time.Millisecond))
+		u.sdUpgradeFailed(err)
+		if stopAfter {
+			u.Stop()
+		}
+		return res, err
+	}
+	if serr != nil {
+		u.log.Warn("new generation ready but its state is unreadable", "err", serr)
+	}
+	res.NewPID, res.Generation, res.Version, res.Duration = st.PID, st.Generation, st.Version, took
+	u.stopAccepting()
+	u.sdUpgraded(st.PID)
+	u.log.Info("upgrade done, draining", "new_pid", st.PID, "new_generation", st.Generation, "duration", took.Round(time.Millisecond))
+	progress("ready", fmt.Sprintf("new generation pid %d ready in %d ms", st.PID, took.Milliseconds()))
+	if stopAfter && st.PID > 0 {
+		u.log.Info("stopping the new generation too, as asked during the upgrade", "new_pid", st.PID)
+		if err := terminate(st.PID); err != nil {
+			u.log.Error("cannot stop the new generation", "new_pid", st.PID, "err", err)
+		}
+	}
+	return res, nil
+}
+
+// tfUpgrade runs tableflip's upgrade. Our link channel closes when
+// tableflip's WaitForParent returns, which can be a moment before
+// tableflip's own loop has seen the parent link end and refuses with
+// "parent hasn't exited": that refusal is retried for up to a second.
+func (u *Upgrader) tfUpgrade() error {
+	deadline := time.Now().Add(time.Second)
+	for {
+		err := u.tf.Upgrade()
+		if err == nil || err.Error() != "parent hasn't exited" || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// setPhase sets the phase and, leaving "upgrading", reports (and forgets)
+// whether a stop was asked during the upgrade.
+func (u *Upgrader) setPhase(phase string) (stopAfter bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.phase.Store(phase)
+	stopAfter, u.stopAfter = u.stopAfter, false
+	return stopAfter
+}
+
+// requestStop stops this generation gracefully, as SIGTERM and the control
+// socket ask; by says how, as a log key and value. During an upgrade it
+// only notes the request and returns false: the upgrade ends first, so
+// that a new generation is never killed once it may serve, and then both
+// generations drain and exit. A second request during the upgrade
+// abandons it.
+func (u *Upgrader) requestStop(by ...any) (now bool) {
+	u.mu.Lock()
+	if u.phase.Load() == "upgrading" && !u.stopAfter {
+		u.stopAfter = true
+		u.mu.Unlock()
+		u.log.Info("stop requested during an upgrade: both generations stop once it has ended", by...)
+		return false
+	}
+	succ := 0
+	if u.phase.Load() == "draining" {
+		succ = u.successor
+	}
+	u.mu.Unlock()
+	if succ > 0 {
+		// Asked of this generation after its handover: the service is the
+		// new generation now.
+		u.log.Info("stop requested after the handover: passed on to the new generation", append(by, "new_pid", succ)...)
+		if err := terminate(succ); err != nil {
+			u.log.Error("cannot stop the new generation", "new_pid", succ, "err", err)
+		}
+		return true
+	}
+	u.log.Info("stopping", by...)
+	u.Stop()
+	return true
+}
+
+// handedOverTo returns the pid of the new generation once this one has
+// handed over to it, 0 before.
+func (u *Upgrader) handedOverTo() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.phase.Load() != "draining" {
+		return 0
+	}
+	return u.successor
+}
+
+// reclaimPIDFile writes this process's pid back into the PID file after a
+// failed upgrade, in case the new generation wrote its own and then died.
+func (u *Upgrader) reclaimPIDFile() {
+	if u.opts.PIDFile == "" {
+		return
+	}
+	if pids, err := readPIDFile(u.opts.PIDFile); err == nil && len(pids) == 1 && pids[0] == os.Getpid() {
+		return
+	}
+	if err := writePIDFile(u.opts.PIDFile, os.Getpid()); err != nil {
+		u.log.Error("pid file does not name the serving generation and cannot be rewritten", "err", err)
+		return
+	}
+	u.log.Warn("pid file rewritten with the serving generation's pid", "path", u.opts.PIDFile)
+}
+
+// childRe matches tableflip's errors about the new process; compiled
+// on first use, not at every start.
+var childRe = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^(?:new )?child pid=(\d+) (exited|timed out)(?:: (.*))?$`)
+})
+
+// explain turns tableflip's errors into an operator's message: a one-line
+// *UpgradeError when the new generation failed, with its last lines of
+// stderr, and the result label of handoff_upgrades_total; or one of the
+// sentinel errors and no label.
+func (u *Upgrader) explain(err error, took time.Duration, tail []string) (result string, _ error) {
+	msg := err.Error()
+	switch msg {
+	case "terminating":
+		return "", ErrStopping
+	case "upgrade in progress":
+		return "", ErrUpgradeInProgress
+	case "already upgraded":
+		return "", ErrUpgraded
+	case "process is not ready yet":
+		return "", ErrNotReady
+	}
+	took = took.Round(time.Millisecond)
+	var why error
+	result = resultError
+	if m := childRe().FindStringSubmatch(msg); m != nil {
+		pid, status := m[1], m[3]
+		result = resultExited
+		switch {
+		case m[2] == "timed out":
+			result = resultTimeout
+			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s timed out: not ready within the upgrade timeout of %s, killed", pid, u.opts.UpgradeTimeout)
+		case status == "":
+			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s exited with exit status 0 before it was ready, after %s", pid, took)
+		case strings.HasPrefix(status, "signal: "):
+			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s was killed by %s before it was ready, after %s", pid, status, took)
+		default:
+			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s exited with %s before it was ready, after %s", pid, status, took)
+		}
+	} else if cause, ok := strings.CutPrefix(msg, "can't start child: can't start process "+os.Args[0]+": "); ok {
+		cause = strings.TrimPrefix(cause, fmt.Sprintf("exec: %q: ", os.Args[0]))
+		why = fmt.Errorf("upgrader: upgrade failed: cannot start the new generation from %s: %s%s", os.Args[0], cause, execHint(cause))
+	} else {
+		why = fmt.Errorf("upgrader: upgrade failed: %w", err)
+	}
+	return result, &UpgradeError{Err: why, Stderr: tail}
+}
+
+// execHint says in words what an exec error usually means.
+func execHint(cause string) string {
+	switch {
+	case strings.HasSuffix(cause, "exec format error"):
+		return " (not an executable for this machine: built for another architecture, truncated or corrupt)"
+	case strings.HasSuffix(cause, "permission denied"):
+		return " (the file is not executable)"
+	}
+	return ""
+}
