@@ -174,7 +174,7 @@ func (u *Upgrader) status() *control.Status {
 		Version:    u.opts.Version,
 		Started:    u.started,
 		Uptime:     time.Since(u.started).Round(time.Millisecond),
-		State:      u.phase.Load().(string),
+		State:      u.phase.get().String(),
 		Listeners:  append([]string(nil), u.addrs...),
 		LastError:  u.lastError,
 

@@ -21,15 +21,15 @@ import (
 func TestGenerationDrain(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
-		phase     string
+		phase     phase
 		probation time.Duration
 		final     bool
 		standing  bool
 	}{
-		{name: "after an upgrade", phase: "draining"},
-		{name: "after an upgrade, on probation", phase: "draining", probation: time.Minute, standing: true},
-		{name: "final stop", phase: "ready", final: true},
-		{name: "final stop with a probation set", phase: "ready", probation: time.Minute, final: true},
+		{name: "after an upgrade", phase: phaseDraining},
+		{name: "after an upgrade, on probation", phase: phaseDraining, probation: time.Minute, standing: true},
+		{name: "final stop", phase: phaseReady, final: true},
+		{name: "final stop with a probation set", phase: phaseReady, probation: time.Minute, final: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			notify := standInNotify(t)
@@ -38,7 +38,7 @@ func TestGenerationDrain(t *testing.T) {
 			u.opts.DrainTimeout = 10 * time.Second
 			u.drainSt = newDrainState()
 			u.force = make(chan struct{})
-			u.phase.Store(tc.phase)
+			u.phase.set(tc.phase)
 			if err := writePIDFile(u.opts.PIDFile, os.Getpid()); err != nil {
 				t.Fatal(err)
 			}
@@ -67,8 +67,8 @@ func TestGenerationDrain(t *testing.T) {
 			if kept := err == nil; kept == tc.final {
 				t.Errorf("PID file kept %v, want kept only after an upgrade (stat: %v)", kept, err)
 			}
-			if got := u.phase.Load() == "stopping"; got != tc.final {
-				t.Errorf("phase %v, want stopping only on a final stop", u.phase.Load())
+			if got := u.phase.get() == phaseStopping; got != tc.final {
+				t.Errorf("phase %v, want stopping only on a final stop", u.phase.get())
 			}
 			if got := u.standing.Load(); got != tc.standing {
 				t.Errorf("standing by %v, want %v", got, tc.standing)

@@ -1,7 +1,6 @@
 package upgrader
 
 import (
-	"fmt"
 	"maps"
 	"os"
 	"slices"
@@ -87,7 +86,7 @@ func (u *Upgrader) Stats() Stats {
 	s := Stats{
 		Generation:     u.gen,
 		Version:        u.opts.Version,
-		Phase:          fmt.Sprint(u.phase.Load()),
+		Phase:          u.phase.get().String(),
 		Workers:        make(map[string]int, len(workerStates)),
 		WorkerRestarts: st.WorkerRestarts,
 		Upgrades:       make(map[string]uint64, 4),

@@ -247,8 +247,8 @@ func TestMarkReady(t *testing.T) {
 	if readies, _, _ := h.counts(); readies != 1 {
 		t.Errorf("parent told %d times", readies)
 	}
-	if !isClosedChan(u.gate) || !isClosedChan(u.Ready()) || u.phase.Load() != "ready" {
-		t.Errorf("after markReady: gate open %v, ready %v, phase %v", isClosedChan(u.gate), isClosedChan(u.Ready()), u.phase.Load())
+	if !isClosedChan(u.gate) || !isClosedChan(u.Ready()) || u.phase.get() != phaseReady {
+		t.Errorf("after markReady: gate open %v, ready %v, phase %v", isClosedChan(u.gate), isClosedChan(u.Ready()), u.phase.get())
 	}
 	if pids, err := pidfile.Read(pid); err != nil || len(pids) != 1 || pids[0] != os.Getpid() {
 		t.Errorf("PID file: %v, %v", pids, err)
@@ -355,8 +355,8 @@ func TestServeStopsOnContext(t *testing.T) {
 	if readies, stops, _ := h.counts(); readies != 1 || stops == 0 {
 		t.Errorf("parent told %d times, handover stopped %d times; want 1, at least 1", readies, stops)
 	}
-	if u.phase.Load() != "stopping" {
-		t.Errorf("phase %v after a stop", u.phase.Load())
+	if u.phase.get() != phaseStopping {
+		t.Errorf("phase %v after a stop", u.phase.get())
 	}
 }
 
@@ -416,9 +416,9 @@ func TestUpgradeHandsOverThenDrains(t *testing.T) {
 		t.Fatalf("before the upgrade: %q, %v", s, err)
 	}
 	succ := deadPIDForTest(t)
-	var during string
+	var during phase
 	h.onUpgrade = func() error {
-		during, _ = u.phase.Load().(string)
+		during = u.phase.get()
 		// What the new generation does before it tells tableflip it is
 		// ready: write who it is into the shared state.
 		return u.state.write(genState{Generation: 2, PID: succ, Version: "v2"})
@@ -427,8 +427,8 @@ func TestUpgradeHandsOverThenDrains(t *testing.T) {
 	if err != nil {
 		t.Fatalf("upgrade: %v", err)
 	}
-	if during != "upgrading" {
-		t.Errorf("phase during the upgrade %q", during)
+	if during != phaseUpgrading {
+		t.Errorf("phase during the upgrade %v", during)
 	}
 	if res.OldPID != os.Getpid() || res.NewPID != succ || res.Generation != 2 || res.Version != "v2" || res.Duration <= 0 {
 		t.Errorf("result %+v", res)
@@ -446,8 +446,8 @@ func TestUpgradeHandsOverThenDrains(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the old generation did not drain and return after the upgrade")
 	}
-	if u.phase.Load() != "draining" || u.handedOverTo() != succ {
-		t.Errorf("after the handover: phase %v, successor %d", u.phase.Load(), u.handedOverTo())
+	if u.phase.get() != phaseDraining || u.handedOverTo() != succ {
+		t.Errorf("after the handover: phase %v, successor %d", u.phase.get(), u.handedOverTo())
 	}
 	if _, _, ups := h.counts(); ups != 1 {
 		t.Errorf("%d upgrades through the handover", ups)
@@ -483,8 +483,8 @@ func TestUpgradeFailsAndServesOn(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Error("the failed new generation was not killed")
 	}
-	if u.phase.Load() != "ready" || isClosedChan(u.exit) {
-		t.Fatalf("after a failed upgrade: phase %v, exiting %v", u.phase.Load(), isClosedChan(u.exit))
+	if u.phase.get() != phaseReady || isClosedChan(u.exit) {
+		t.Fatalf("after a failed upgrade: phase %v, exiting %v", u.phase.get(), isClosedChan(u.exit))
 	}
 	if s, err := get(addr); s != "HTTP/1.0 404" {
 		t.Errorf("after a failed upgrade: %q, %v", s, err)

@@ -306,8 +306,7 @@ func (u *Upgrader) absorbDrains() {
 	if u.state == nil {
 		return
 	}
-	switch u.phase.Load() {
-	case "draining", "stopping":
+	if p := u.phase.get(); p == phaseDraining || p == phaseStopping {
 		return
 	}
 	var recs []drainRecord

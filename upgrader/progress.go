@@ -81,7 +81,7 @@ func (p *pool) progress() progress {
 // reportDrain runs while a drain does: on a final stop it tells systemd
 // how much is left and extends its stop timeout, until done is closed.
 func (u *Upgrader) reportDrain(p workers, deadline time.Time, done <-chan struct{}) {
-	if u.phase.Load() != "stopping" || !u.sd.notify {
+	if u.phase.get() != phaseStopping || !u.sd.notify {
 		return
 	}
 	tick := time.NewTicker(time.Second)

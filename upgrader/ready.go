@@ -71,7 +71,11 @@ func (u *Upgrader) markReady() error {
 	}
 	u.isReady = true
 	u.readyAt = time.Now()
-	u.phase.Store("ready")
+	if from, ok := u.phase.to(phaseReady); !ok {
+		// Stopped meanwhile (a first generation's Stop does not abort):
+		// the drain's phase stands.
+		u.log.Debug("ready while no longer starting: phase kept", "phase", from)
+	}
 	close(u.ready)
 	close(u.gate)
 	u.mu.Unlock()

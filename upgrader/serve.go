@@ -124,7 +124,7 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 	}
 	select {
 	case <-u.exit:
-		if u.phase.Load() == "draining" && !u.endedAt.Load() && u.endedAtCap() {
+		if u.phase.get() == phaseDraining && !u.endedAt.Load() && u.endedAtCap() {
 			// A newer generation went past --max-draining (overlap.go).
 			u.endedAt.Store(true)
 			u.mu.Lock()
@@ -144,7 +144,7 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 	n := u.stopSignals.Add(1)
 	select {
 	case <-u.exit:
-		if n == 1 && u.phase.Load() == "draining" {
+		if n == 1 && u.phase.get() == phaseDraining {
 			// systemd's KillMode=control-group and a terminal's Ctrl-C
 			// signal every generation at once.
 			u.stopSignalAt.CompareAndSwap(0, time.Now().UnixNano())
@@ -181,11 +181,9 @@ func (u *Upgrader) sameStop() bool {
 // an upgrade, or on a final stop.
 func (u *Upgrader) drain(p workers, admin []*pool) error {
 	u.phaseMu.Lock() // an upgrade that just succeeded has said so
-	final := u.phase.Load() != "draining"
-	if final {
-		u.phase.Store("stopping")
-	}
+	from, _ := u.phase.to(phaseStopping)
 	u.phaseMu.Unlock()
+	final := from != phaseDraining
 	if final {
 		u.markStopping()
 	}

@@ -32,20 +32,24 @@ func isClosedChan(c <-chan struct{}) bool {
 // already) does not stop anything at once; it is reported, once, by the
 // phase the upgrade's outcome sets, so that both generations then stop.
 func TestStopDuringUpgradeWaitsForItsEnd(t *testing.T) {
-	for _, outcome := range []string{"draining", "ready"} {
-		t.Run(outcome, func(t *testing.T) {
+	for _, outcome := range []phase{phaseDraining, phaseReady} {
+		t.Run(outcome.String(), func(t *testing.T) {
 			u := &Upgrader{log: discardLogger(), ppid: 1, abort: make(chan struct{})}
-			u.phase.Store("upgrading")
+			u.phase.set(phaseUpgrading)
 			if u.requestStop("signal", "terminated") {
 				t.Fatal("a stop during an upgrade stopped at once")
 			}
 			if isClosedChan(u.abort) {
 				t.Fatal("a stop during an upgrade stopped this generation at once")
 			}
-			if !u.setPhase(outcome) {
-				t.Fatalf("the upgrade ended (%s) without the stop asked meanwhile", outcome)
+			if !u.endUpgradePhase(outcome) {
+				t.Fatalf("the upgrade ended (%v) without the stop asked meanwhile", outcome)
 			}
-			if u.setPhase(outcome) {
+			if u.phase.get() != outcome {
+				t.Fatalf("phase %v after the upgrade ended %v", u.phase.get(), outcome)
+			}
+			u.phase.set(phaseUpgrading)
+			if u.endUpgradePhase(outcome) {
 				t.Error("the stop asked during the upgrade was reported twice")
 			}
 		})
@@ -58,7 +62,7 @@ func TestStopDuringUpgradeWaitsForItsEnd(t *testing.T) {
 // is ready.)
 func TestSecondStopDuringUpgradeAbandonsIt(t *testing.T) {
 	u := &Upgrader{log: discardLogger(), ppid: 1, abort: make(chan struct{})}
-	u.phase.Store("upgrading")
+	u.phase.set(phaseUpgrading)
 	if u.requestStop("signal", "terminated") {
 		t.Fatal("the first stop during an upgrade stopped at once")
 	}
@@ -74,11 +78,12 @@ func TestSecondStopDuringUpgradeAbandonsIt(t *testing.T) {
 // put off.
 func TestStopOutsideUpgradeStopsAtOnce(t *testing.T) {
 	u := &Upgrader{log: discardLogger(), ppid: 1, abort: make(chan struct{})}
-	u.phase.Store("starting")
+	u.phase.set(phaseStarting)
 	if !u.requestStop("signal", "terminated") || !isClosedChan(u.abort) {
 		t.Fatal("a stop outside an upgrade was put off")
 	}
-	if u.setPhase("ready") {
+	u.phase.set(phaseUpgrading)
+	if u.endUpgradePhase(phaseReady) {
 		t.Error("a stop outside an upgrade was also kept for its end")
 	}
 }
@@ -91,7 +96,7 @@ func TestStopOutsideUpgradeStopsAtOnce(t *testing.T) {
 func TestStopSignalWhileDrainingAfterUpgrade(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		u := &Upgrader{log: discardLogger(), exit: closedChan(), force: make(chan struct{})}
-		u.phase.Store("draining")
+		u.phase.set(phaseDraining)
 		u.onSignal(syscall.SIGTERM)
 		if isClosedChan(u.force) {
 			t.Fatal("the first stop signal while draining after an upgrade cut the drain short")
@@ -116,7 +121,7 @@ func TestStopSignalWhileDrainingAfterUpgrade(t *testing.T) {
 func TestSecondStopSignalCutsFinalDrain(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		u := &Upgrader{log: discardLogger(), exit: closedChan(), force: make(chan struct{})}
-		u.phase.Store("stopping")
+		u.phase.set(phaseStopping)
 		u.stopSignals.Store(1) // the signal that started the stop
 		u.stopSignalAt.Store(time.Now().UnixNano())
 		time.Sleep(StopSignalGrace / 2)

@@ -66,7 +66,7 @@ func TestStatsSurviveTheStateFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	u := &Upgrader{gen: 4, opts: Options{Version: "v4"}, stats: *back.Stats}
-	u.phase.Store("ready")
+	u.phase.set(phaseReady)
 	s := u.Stats()
 	if s.Upgrades[resultSuccess] != 1 || s.Upgrades[resultExited] != 1 || len(s.Upgrades) != 4 {
 		t.Errorf("upgrades after JSON: %v, want success 1, exited 1, and every result", s.Upgrades)

@@ -71,7 +71,7 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	// too, and a select would pick either at random.
 	select {
 	case <-u.exit:
-		if u.phase.Load() == "draining" {
+		if u.phase.get() == phaseDraining {
 			return res, ErrUpgraded
 		}
 		return res, ErrStopping
@@ -100,7 +100,11 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	// the phase says whether this generation drains after an upgrade or
 	// stops, which drain reads.
 	u.phaseMu.Lock()
-	u.setPhase("upgrading")
+	if !u.startUpgradePhase() {
+		// A stop came between the checks above and here.
+		u.phaseMu.Unlock()
+		return res, ErrStopping
+	}
 	u.sdReloading()
 	u.publishWorkers(false)
 	relay := u.captureStderr()
@@ -112,9 +116,9 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	}
 	tail := relay.finish(err != nil)
 	took := time.Since(start)
-	phase := "draining"
+	next := phaseDraining
 	if err != nil {
-		phase = "ready"
+		next = phaseReady
 		u.publishWorkers(true)
 	}
 	var st genState
@@ -127,7 +131,7 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 		u.successor, u.successorAt = st.PID, time.Now()
 		u.mu.Unlock()
 	}
-	stopAfter := u.setPhase(phase)
+	stopAfter := u.endUpgradePhase(next)
 	u.phaseMu.Unlock()
 	if err != nil {
 		var result string
@@ -185,12 +189,26 @@ func (u *Upgrader) tfUpgrade() error {
 	}
 }
 
-// setPhase sets the phase and, leaving "upgrading", reports (and forgets)
-// whether a stop was asked during the upgrade.
-func (u *Upgrader) setPhase(phase string) (stopAfter bool) {
+// startUpgradePhase moves a ready generation to phaseUpgrading, under
+// u.mu as requestStop reads it; false if it is no longer ready.
+func (u *Upgrader) startUpgradePhase() bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.phase.Store(phase)
+	_, ok := u.phase.to(phaseUpgrading)
+	return ok
+}
+
+// endUpgradePhase leaves phaseUpgrading for next (phaseReady after a
+// failed upgrade, phaseDraining after the handover) and reports (and
+// forgets) whether a stop was asked during the upgrade.
+func (u *Upgrader) endUpgradePhase(next phase) (stopAfter bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if from, ok := u.phase.to(next); !ok {
+		// Cannot happen: phaseMu, held since the upgrade began, keeps
+		// the drain from moving the phase.
+		u.log.Error("upgrade ended in the wrong phase: phase kept", "phase", from, "want", phaseUpgrading, "next", next)
+	}
 	stopAfter, u.stopAfter = u.stopAfter, false
 	return stopAfter
 }
@@ -203,14 +221,14 @@ func (u *Upgrader) setPhase(phase string) (stopAfter bool) {
 // abandons it.
 func (u *Upgrader) requestStop(by ...any) (now bool) {
 	u.mu.Lock()
-	if u.phase.Load() == "upgrading" && !u.stopAfter {
+	if u.phase.get() == phaseUpgrading && !u.stopAfter {
 		u.stopAfter = true
 		u.mu.Unlock()
 		u.log.Info("stop requested during an upgrade: both generations stop once it has ended", by...)
 		return false
 	}
 	succ := 0
-	if u.phase.Load() == "draining" {
+	if u.phase.get() == phaseDraining {
 		succ = u.successor
 	}
 	u.mu.Unlock()
@@ -233,7 +251,7 @@ func (u *Upgrader) requestStop(by ...any) (now bool) {
 func (u *Upgrader) handedOverTo() int {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.phase.Load() != "draining" {
+	if u.phase.get() != phaseDraining {
 		return 0
 	}
 	return u.successor

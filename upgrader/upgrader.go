@@ -69,8 +69,8 @@ type Upgrader struct {
 	stopSignals  atomic.Int32
 
 	upgrading atomic.Bool
-	phaseMu   sync.Mutex   // held while an upgrade's outcome sets the phase
-	phase     atomic.Value // string
+	phaseMu   sync.Mutex // held while an upgrade's outcome sets the phase
+	phase     phaseState // moves only as phase.go allows
 	ready     chan struct{}
 	// link is closed when the previous generation has ended tableflip's
 	// parent link: at once after its handover (overlap.go), or when it
@@ -229,7 +229,6 @@ func newUpgrader(opts Options, startHandover newHandover) (*Upgrader, error) {
 		case <-u.abort:
 		}
 	}()
-	u.phase.Store("starting")
 	if err := u.loadState(); err != nil {
 		u.Stop()
 		return nil, err

@@ -100,7 +100,6 @@ func newWorker(opts Options, w *workerSide, gen int) *Upgrader {
 	}
 	close(u.parent)
 	u.opts.PIDFile, u.opts.ControlSocket, u.opts.Workers = "", "", 1
-	u.phase.Store("starting")
 	u.log = opts.Logger.With("pid", os.Getpid(), "generation", gen, "worker", w.id)
 	u.log.Info("worker starting", "version", opts.Version, "sockets", len(w.files))
 	return u
@@ -233,7 +232,9 @@ func (u *Upgrader) onWorkerSignal(sig os.Signal) {
 // the master, so that once the master counts it ready, nothing the worker
 // answers says it is still starting.
 func (u *Upgrader) workerReady() error {
-	u.phase.Store("ready")
+	if from, ok := u.phase.to(phaseReady); !ok {
+		u.log.Debug("ready while no longer starting: phase kept", "phase", from)
+	}
 	close(u.ready)
 	if ns := u.worker.notify; ns != "" {
 		os.Setenv("NOTIFY_SOCKET", ns)
