@@ -5,7 +5,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"time"
+
+	"github.com/gohandoff/handoff/control"
 )
 
 // Options control an Upgrader. The zero value works: no PID file, no
@@ -87,4 +90,38 @@ type Options struct {
 	// MaxDrainingPolicy is DrainingKillOldest (the default) or
 	// DrainingRefuse.
 	MaxDrainingPolicy string
+}
+
+// fillDefaults gives every option left zero its default.
+func (o *Options) fillDefaults() {
+	if o.UpgradeTimeout <= 0 {
+		o.UpgradeTimeout = DefaultUpgradeTimeout
+	}
+	if o.DrainTimeout <= 0 {
+		o.DrainTimeout = DefaultDrainTimeout
+	}
+	if o.Workers <= 0 {
+		o.Workers = runtime.GOMAXPROCS(0)
+	}
+	if o.ControlSocket == "" && o.PIDFile != "" {
+		o.ControlSocket = control.SocketPath(o.PIDFile)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.WorkerMode == "" {
+		o.WorkerMode = GoroutineWorkers
+	}
+	if o.MaxDraining <= 0 {
+		o.MaxDraining = DefaultMaxDraining
+	}
+	if o.MaxDrainingPolicy == "" {
+		o.MaxDrainingPolicy = DrainingKillOldest
+	}
+	if o.KernelSteering && o.ListenConfig == nil {
+		o.ListenConfig = steerListenConfig()
+	}
+	if o.WorkersPIDFile == "" && o.PIDFile != "" {
+		o.WorkersPIDFile = workersPIDFile(o.PIDFile)
+	}
 }

@@ -197,20 +197,8 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 		defer u.unregisterDraining()
 	}
 	var standDone chan struct{}
-	if !final && u.opts.Probation > 0 && u.worker == nil {
-		kept := u.keptSockets()
-		u.mu.Lock()
-		succ, at := u.successor, u.successorAt
-		u.mu.Unlock()
-		u.standing.Store(true)
-		standDone = make(chan struct{})
-		go func() {
-			defer close(standDone)
-			u.standBy(kept, succ, at)
-			u.releaseParentLink()
-		}()
-	} else if !final {
-		u.releaseParentLink()
+	if !final {
+		standDone = u.standByOrLetGo()
 	}
 	ds := u.drainSt
 	ds.mu.Lock()
@@ -222,30 +210,12 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 	if final {
 		u.sdStopping(u.opts.DrainTimeout)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), u.opts.DrainTimeout)
-	defer cancel()
-	go func() {
-		select {
-		case <-u.force:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	reported := make(chan struct{})
 	go u.reportDrain(p, start.Add(u.opts.DrainTimeout), reported)
 	if !final {
 		go u.followDrain(p, reported)
 	}
-	var wg sync.WaitGroup
-	for _, a := range admin {
-		wg.Go(func() {
-			if err := a.drain(ctx); err != nil {
-				u.log.Warn("admin server drain", "err", err)
-			}
-		})
-	}
-	err := p.drain(ctx)
-	wg.Wait()
+	err := u.drainWithin(p, admin)
 	close(reported)
 	took, cut := time.Since(start), p.cutCount()
 	ds.mu.Lock()
@@ -269,6 +239,53 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 		return fmt.Errorf("drain: %w", err)
 	}
 	return nil
+}
+
+// standByOrLetGo, after a handover, lets the new generation go free of
+// this one: at once, or with a probation once the stand-by is over. It
+// returns a channel closed when the stand-by is over, nil without one.
+func (u *Upgrader) standByOrLetGo() (standDone chan struct{}) {
+	if u.opts.Probation <= 0 || u.worker != nil {
+		u.releaseParentLink()
+		return nil
+	}
+	kept := u.keptSockets()
+	u.mu.Lock()
+	succ, at := u.successor, u.successorAt
+	u.mu.Unlock()
+	u.standing.Store(true)
+	standDone = make(chan struct{})
+	go func() {
+		defer close(standDone)
+		u.standBy(kept, succ, at)
+		u.releaseParentLink()
+	}()
+	return standDone
+}
+
+// drainWithin drains the workers and the admin servers at once, within
+// the drain timeout, cut short by a second stop signal (u.force).
+func (u *Upgrader) drainWithin(p workers, admin []*pool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), u.opts.DrainTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-u.force:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var wg sync.WaitGroup
+	for _, a := range admin {
+		wg.Go(func() {
+			if err := a.drain(ctx); err != nil {
+				u.log.Warn("admin server drain", "err", err)
+			}
+		})
+	}
+	err := p.drain(ctx)
+	wg.Wait()
+	return err
 }
 
 // removePIDFile removes the PID file on a final stop, if it still names

@@ -67,26 +67,7 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 		return res, ErrUpgradeInProgress
 	}
 	defer u.upgrading.Store(false)
-	// The end first: a generation that handed over or stops is ready
-	// too, and a select would pick either at random.
-	select {
-	case <-u.exit:
-		if u.phase.get() == phaseDraining {
-			return res, ErrUpgraded
-		}
-		return res, ErrStopping
-	default:
-	}
-	select {
-	case <-u.ready:
-	default:
-		return res, ErrNotReady
-	}
-	if err := u.waitLink(ctx, progress); err != nil {
-		return res, err
-	}
-	if err := u.checkDrainingCap(); err != nil {
-		u.log.Warn("upgrade refused", "err", err)
+	if err := u.mayUpgrade(ctx, progress); err != nil {
 		return res, err
 	}
 	start := time.Now()
@@ -96,82 +77,144 @@ func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string))
 	exe := os.Args[0]
 	progress("start", "starting new generation from "+exe)
 	u.log.Info("upgrade starting", "exe", exe)
+	out, err := u.handOver(start)
+	if err != nil {
+		return res, u.upgradeFailed(err, out)
+	}
+	return u.upgraded(res, out, progress), nil
+}
+
+// mayUpgrade refuses an upgrade of a generation that handed over, stops,
+// is not ready yet or has --max-draining generations draining, and waits
+// for the previous generation to let go of this one.
+func (u *Upgrader) mayUpgrade(ctx context.Context, progress func(step, msg string)) error {
+	// The end first: a generation that handed over or stops is ready
+	// too, and a select would pick either at random.
+	select {
+	case <-u.exit:
+		if u.phase.get() == phaseDraining {
+			return ErrUpgraded
+		}
+		return ErrStopping
+	default:
+	}
+	select {
+	case <-u.ready:
+	default:
+		return ErrNotReady
+	}
+	if err := u.waitLink(ctx, progress); err != nil {
+		return err
+	}
+	if err := u.checkDrainingCap(); err != nil {
+		u.log.Warn("upgrade refused", "err", err)
+		return err
+	}
+	return nil
+}
+
+// handoverOutcome is what handOver found: whether it started a new
+// generation, how long that took, its last lines of stderr, once ready
+// the state it wrote, and whether a stop was asked meanwhile.
+type handoverOutcome struct {
+	started   bool
+	took      time.Duration
+	tail      []string
+	st        genState
+	stateErr  error
+	stopAfter bool
+}
+
+// handOver starts the new generation with tableflip and waits until it is
+// ready or has failed; on failure it kills what the new generation
+// started. It leaves the phase draining or, on failure, ready.
+func (u *Upgrader) handOver(start time.Time) (out handoverOutcome, err error) {
 	// Exit() is closed as soon as tf.Upgrade returns: hold phaseMu until
 	// the phase says whether this generation drains after an upgrade or
 	// stops, which drain reads.
 	u.phaseMu.Lock()
+	defer u.phaseMu.Unlock()
 	if !u.startUpgradePhase() {
-		// A stop came between the checks above and here.
-		u.phaseMu.Unlock()
-		return res, ErrStopping
+		// A stop came between mayUpgrade and here.
+		return out, ErrStopping
 	}
+	out.started = true
 	u.sdReloading()
 	u.publishWorkers(false)
 	relay := u.captureStderr()
 	mark, unmark := markTree()
-	err := u.tfUpgrade()
+	err = u.tfUpgrade()
 	unmark()
 	if err != nil {
 		u.killTree(mark, err)
 	}
-	tail := relay.finish(err != nil)
-	took := time.Since(start)
+	out.tail = relay.finish(err != nil)
+	out.took = time.Since(start)
 	next := phaseDraining
 	if err != nil {
 		next = phaseReady
 		u.publishWorkers(true)
-	}
-	var st genState
-	var serr error
-	if err == nil {
+	} else {
 		// Before the phase lock is let go: the drain, which waits for
 		// it, must find the successor (probation.go).
-		st, serr = u.state.read()
+		out.st, out.stateErr = u.state.read()
 		u.mu.Lock()
-		u.successor, u.successorAt = st.PID, time.Now()
+		u.successor, u.successorAt = out.st.PID, time.Now()
 		u.mu.Unlock()
 	}
-	stopAfter := u.endUpgradePhase(next)
-	u.phaseMu.Unlock()
-	if err != nil {
-		var result string
-		result, err = u.explain(err, took, tail)
-		if errors.Is(err, ErrStopping) {
-			u.log.Info("upgrade abandoned: stopping", "duration", took.Round(time.Millisecond))
-			return res, err
-		}
-		if result != "" {
-			u.countFailedUpgrade(result)
-		}
-		var ue *UpgradeError
-		if errors.As(err, &ue) {
-			u.reclaimPIDFile()
-		}
-		u.mu.Lock()
-		u.lastError = err.Error()
-		u.mu.Unlock()
-		u.log.Error("upgrade failed, this generation goes on serving", "err", err, "duration", took.Round(time.Millisecond))
-		u.sdUpgradeFailed(err)
-		if stopAfter {
-			u.Stop()
-		}
-		return res, err
+	out.stopAfter = u.endUpgradePhase(next)
+	return out, err
+}
+
+// upgradeFailed reports a failed upgrade (log, metrics, systemd, the PID
+// file taken back) and returns the error for the caller; a stop asked
+// during the upgrade is carried out now.
+func (u *Upgrader) upgradeFailed(err error, out handoverOutcome) error {
+	if !out.started {
+		return err
 	}
-	if serr != nil {
-		u.log.Warn("new generation ready but its state is unreadable", "err", serr)
+	result, err := u.explain(err, out.took, out.tail)
+	if errors.Is(err, ErrStopping) {
+		u.log.Info("upgrade abandoned: stopping", "duration", out.took.Round(time.Millisecond))
+		return err
 	}
-	res.NewPID, res.Generation, res.Version, res.Duration = st.PID, st.Generation, st.Version, took
+	if result != "" {
+		u.countFailedUpgrade(result)
+	}
+	var ue *UpgradeError
+	if errors.As(err, &ue) {
+		u.reclaimPIDFile()
+	}
+	u.mu.Lock()
+	u.lastError = err.Error()
+	u.mu.Unlock()
+	u.log.Error("upgrade failed, this generation goes on serving", "err", err, "duration", out.took.Round(time.Millisecond))
+	u.sdUpgradeFailed(err)
+	if out.stopAfter {
+		u.Stop()
+	}
+	return err
+}
+
+// upgraded reports an upgrade whose new generation is ready, stops
+// accepting, and passes on to the new generation a stop asked meanwhile.
+func (u *Upgrader) upgraded(res UpgradeResult, out handoverOutcome, progress func(step, msg string)) UpgradeResult {
+	st := out.st
+	if out.stateErr != nil {
+		u.log.Warn("new generation ready but its state is unreadable", "err", out.stateErr)
+	}
+	res.NewPID, res.Generation, res.Version, res.Duration = st.PID, st.Generation, st.Version, out.took
 	u.stopAccepting()
 	u.sdUpgraded(st.PID)
-	u.log.Info("upgrade done, draining", "new_pid", st.PID, "new_generation", st.Generation, "duration", took.Round(time.Millisecond))
-	progress("ready", fmt.Sprintf("new generation pid %d ready in %d ms", st.PID, took.Milliseconds()))
-	if stopAfter && st.PID > 0 {
+	u.log.Info("upgrade done, draining", "new_pid", st.PID, "new_generation", st.Generation, "duration", out.took.Round(time.Millisecond))
+	progress("ready", fmt.Sprintf("new generation pid %d ready in %d ms", st.PID, out.took.Milliseconds()))
+	if out.stopAfter && st.PID > 0 {
 		u.log.Info("stopping the new generation too, as asked during the upgrade", "new_pid", st.PID)
 		if err := terminate(st.PID); err != nil {
 			u.log.Error("cannot stop the new generation", "new_pid", st.PID, "err", err)
 		}
 	}
-	return res, nil
+	return res
 }
 
 // tfUpgrade runs tableflip's upgrade. Our link channel closes when

@@ -7,13 +7,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/cloudflare/tableflip"
-	"github.com/gohandoff/handoff/control"
 	"github.com/gohandoff/handoff/internal/proc"
 )
 
@@ -130,36 +128,7 @@ type Upgrader struct {
 func New(opts Options) (*Upgrader, error) { return newUpgrader(opts, tableflipHandover) }
 
 func newUpgrader(opts Options, startHandover newHandover) (*Upgrader, error) {
-	if opts.UpgradeTimeout <= 0 {
-		opts.UpgradeTimeout = DefaultUpgradeTimeout
-	}
-	if opts.DrainTimeout <= 0 {
-		opts.DrainTimeout = DefaultDrainTimeout
-	}
-	if opts.Workers <= 0 {
-		opts.Workers = runtime.GOMAXPROCS(0)
-	}
-	if opts.ControlSocket == "" && opts.PIDFile != "" {
-		opts.ControlSocket = control.SocketPath(opts.PIDFile)
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
-	if opts.WorkerMode == "" {
-		opts.WorkerMode = GoroutineWorkers
-	}
-	if opts.MaxDraining <= 0 {
-		opts.MaxDraining = DefaultMaxDraining
-	}
-	if opts.MaxDrainingPolicy == "" {
-		opts.MaxDrainingPolicy = DrainingKillOldest
-	}
-	if opts.KernelSteering && opts.ListenConfig == nil {
-		opts.ListenConfig = steerListenConfig()
-	}
-	if opts.WorkersPIDFile == "" && opts.PIDFile != "" {
-		opts.WorkersPIDFile = workersPIDFile(opts.PIDFile)
-	}
+	opts.fillDefaults()
 	go loadTimeZone()
 	if w, gen, err := takeWorkerRole(); err != nil || w != nil {
 		if err != nil {
@@ -176,22 +145,11 @@ func newUpgrader(opts Options, startHandover newHandover) (*Upgrader, error) {
 		return nil, err
 	}
 	if !hasParent && opts.PIDFile != "" {
-		if err := checkPIDDir(opts.PIDFile); err != nil {
-			return nil, err
-		}
-		if err := checkPIDPath(opts.PIDFile); err != nil {
-			return nil, err
-		}
-		if opts.WorkerMode == ProcessWorkers && opts.WorkersPIDFile != "" {
-			if err := checkPIDPath(opts.WorkersPIDFile); err != nil {
-				return nil, err
-			}
-		}
 		gen := 1
 		if restored {
 			gen = restoredGen
 		}
-		if err := checkNotRunning(opts.PIDFile, opts.Logger.With("pid", os.Getpid(), "generation", gen)); err != nil {
+		if err := checkFirstStart(opts, gen); err != nil {
 			return nil, err
 		}
 	}
@@ -229,37 +187,67 @@ func newUpgrader(opts Options, startHandover newHandover) (*Upgrader, error) {
 		case <-u.abort:
 		}
 	}()
-	if err := u.loadState(); err != nil {
-		u.Stop()
+	if err := u.begin(restored, restoredGen, hasParent); err != nil {
 		return nil, err
+	}
+	return u, nil
+}
+
+// checkFirstStart checks, for a first generation (gen 1, or a restored
+// one), that its PID files can be written and that no other instance
+// runs on them.
+func checkFirstStart(opts Options, gen int) error {
+	if err := checkPIDDir(opts.PIDFile); err != nil {
+		return err
+	}
+	if err := checkPIDPath(opts.PIDFile); err != nil {
+		return err
+	}
+	if opts.WorkerMode == ProcessWorkers && opts.WorkersPIDFile != "" {
+		if err := checkPIDPath(opts.WorkersPIDFile); err != nil {
+			return err
+		}
+	}
+	return checkNotRunning(opts.PIDFile, opts.Logger.With("pid", os.Getpid(), "generation", gen))
+}
+
+// begin takes the generation's state from the state file, sets up systemd
+// and the stderr relay, follows the parent link and opens the control
+// socket. On error the handover is stopped (in a new generation, leaving
+// the inherited sockets alone).
+func (u *Upgrader) begin(restored bool, restoredGen int, hasParent bool) error {
+	var err error
+	if err = u.loadState(); err != nil {
+		u.Stop()
+		return err
 	}
 	if restored {
 		u.gen = restoredGen
 	}
-	u.log = opts.Logger.With("pid", os.Getpid(), "generation", u.gen)
+	u.log = u.opts.Logger.With("pid", os.Getpid(), "generation", u.gen)
 	if restored {
 		u.log.Warn("restored: the previous generation started this build again after the new one died on probation")
 	}
-	if u.sd, err = newSystemd(tf, hasParent); err != nil {
-		tf.Stop()
-		return nil, err
+	if u.sd, err = newSystemd(u.tf, hasParent); err != nil {
+		u.tf.Stop()
+		return err
 	}
 	u.inheritStderr()
 	if u.ppid != 0 {
-		u.log.Info("new generation starting", "parent_pid", u.ppid, "version", opts.Version)
+		u.log.Info("new generation starting", "parent_pid", u.ppid, "version", u.opts.Version)
 		go u.watchParent()
 	} else {
 		close(u.link)
 		close(u.parent)
-		u.log.Info("starting", "version", opts.Version)
+		u.log.Info("starting", "version", u.opts.Version)
 	}
-	if opts.ControlSocket != "" {
+	if u.opts.ControlSocket != "" {
 		if err := u.listenControl(); err != nil {
-			u.Stop() // in a new generation, leaves the inherited sockets alone
-			return nil, err
+			u.Stop()
+			return err
 		}
 	}
-	return u, nil
+	return nil
 }
 
 func (u *Upgrader) loadState() error {
