@@ -581,3 +581,36 @@ func TestServeRefusesWorkersItCannotStart(t *testing.T) {
 		})
 	}
 }
+
+// TestStopAcceptingKeepsSocketsFirst: with a probation, the sockets the
+// stand-by would restore with are copied before the accept loops end and
+// close them: copies of the very listening socket, still listening.
+// Without a probation nothing is kept.
+func TestStopAcceptingKeepsSocketsFirst(t *testing.T) {
+	for _, probation := range []time.Duration{time.Minute, 0} {
+		t.Run(fmt.Sprint("probation ", probation), func(t *testing.T) {
+			u, addr, _, _ := serveOnFake(t, newFakeHandover(t), Options{Workers: 1, Probation: probation})
+			u.stopAccepting()
+			u.mu.Lock()
+			k := u.kept
+			u.mu.Unlock()
+			if probation == 0 {
+				if k != nil {
+					t.Fatalf("%d sockets kept without a probation", len(k.files))
+				}
+				return
+			}
+			if k == nil || len(k.files) != 1 {
+				t.Fatalf("kept %+v before the accept loops ended, want the one listener", k)
+			}
+			ln, err := net.FileListener(k.files[0])
+			if err != nil {
+				t.Fatalf("the kept socket: %v", err)
+			}
+			defer ln.Close()
+			if ln.Addr().String() != addr {
+				t.Errorf("kept a socket on %v, want %v", ln.Addr(), addr)
+			}
+		})
+	}
+}
