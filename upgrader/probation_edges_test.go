@@ -23,21 +23,7 @@ import (
 func TestStandByStoppedAsAskedHandsNoMainPID(t *testing.T) {
 	notify := standInNotify(t)
 	u, logs := probationUpgrader(t, time.Hour)
-	succ, kill := successorProcess(t)
-	if err := u.state.write(genState{PID: succ, Stopping: true}); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		u.standBy(&keptSockets{}, succ, time.Now())
-	}()
-	kill()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("still standing by after the successor exited")
-	}
+	standByThroughDeath(t, u, genState{Stopping: true})
 	if !strings.Contains(logs.String(), "stopped as asked: not restoring") {
 		t.Fatalf("logs:\n%s", logs)
 	}

@@ -198,14 +198,16 @@ func TestStandByEndsAtStopSignal(t *testing.T) {
 	}
 }
 
-// TestStandByDoesNotRestoreSuccessorStoppedAsAsked: a successor that dies
-// after marking that it stops as asked (handoff stop, systemctl stop) is
-// not a crash: nothing is restored.
-func TestStandByDoesNotRestoreSuccessorStoppedAsAsked(t *testing.T) {
-	standInNotify(t)
-	u, logs := probationUpgrader(t, time.Hour)
+// standByThroughDeath stands u by for a successor process whose state is
+// st (with st.PID 0, the successor's pid), kills the successor and waits
+// until standBy returns. It returns the successor's pid.
+func standByThroughDeath(t *testing.T, u *Upgrader, st genState) (succ int) {
+	t.Helper()
 	succ, kill := successorProcess(t)
-	if err := u.state.write(genState{PID: succ, Stopping: true}); err != nil {
+	if st.PID == 0 {
+		st.PID = succ
+	}
+	if err := u.state.write(st); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
@@ -219,6 +221,16 @@ func TestStandByDoesNotRestoreSuccessorStoppedAsAsked(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("still standing by after the successor exited")
 	}
+	return succ
+}
+
+// TestStandByDoesNotRestoreSuccessorStoppedAsAsked: a successor that dies
+// after marking that it stops as asked (handoff stop, systemctl stop) is
+// not a crash: nothing is restored.
+func TestStandByDoesNotRestoreSuccessorStoppedAsAsked(t *testing.T) {
+	standInNotify(t)
+	u, logs := probationUpgrader(t, time.Hour)
+	standByThroughDeath(t, u, genState{Stopping: true})
 	if !strings.Contains(logs.String(), "stopped as asked: not restoring") || strings.Contains(logs.String(), "RESTORING") {
 		t.Errorf("successor stopped as asked, logs:\n%s\nwant no restore", logs)
 	}
@@ -238,24 +250,7 @@ func TestStandByRestoresSuccessorThatDied(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			notify := standInNotify(t)
 			u, logs := probationUpgrader(t, time.Hour)
-			succ, kill := successorProcess(t)
-			if tc.state.PID == 0 {
-				tc.state.PID = succ
-			}
-			if err := u.state.write(tc.state); err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				u.standBy(&keptSockets{}, succ, time.Now())
-			}()
-			kill()
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				t.Fatal("still standing by after the successor died")
-			}
+			succ := standByThroughDeath(t, u, tc.state)
 			if !strings.Contains(logs.String(), "NEW GENERATION DIED ON PROBATION") {
 				t.Errorf("successor died on probation, logs:\n%s\nwant a restore", logs)
 			}
