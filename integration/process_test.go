@@ -361,14 +361,7 @@ func TestProcessModeMasterKilled(t *testing.T) {
 // loses no request through a rolling restart and an upgrade that also
 // picks up a new app.js.
 func TestHandoffRunNode(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Skip("node is not installed: skipping handoff run with examples/node (apt-get install nodejs)")
-	}
-	src, err := os.ReadFile("../examples/node/server.js")
-	if err != nil {
-		t.Fatal(err)
-	}
+	node, src := nodeServer(t, false)
 	s := newService(t, handoffBin, "handoff")
 	app := filepath.Join(s.dir, "app.js")
 	installBytes(t, src, app)
@@ -414,14 +407,7 @@ func TestHandoffRunNode(t *testing.T) {
 // handoff run by itself; a broken app fails the upgrade, reported, while
 // the old generation goes on serving, and the next change is tried again.
 func TestHandoffRunWatch(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Skip("node is not installed: skipping handoff run --watch with examples/node (apt-get install nodejs)")
-	}
-	src, err := os.ReadFile("../examples/node/server.js")
-	if err != nil {
-		t.Fatal(err)
-	}
+	node, src := nodeServer(t, false)
 	s := newService(t, handoffBin, "handoff")
 	appDir := filepath.Join(s.dir, "app")
 	if err := os.Mkdir(appDir, 0o755); err != nil {
@@ -576,17 +562,7 @@ func TestProcessModeRespawnRunsServingCode(t *testing.T) {
 // the gate on its stdin, which a generation that is not ready never does:
 // the keep-alive load on the serving generation loses nothing.
 func TestHandoffRunNodeFailedUpgrade(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Skip("node is not installed: skipping handoff run with examples/node (apt-get install nodejs)")
-	}
-	if _, err := exec.LookPath("systemd-notify"); err != nil {
-		t.Skip("systemd-notify is not installed: a Node worker cannot report ready (apt-get install systemd)")
-	}
-	src, err := os.ReadFile("../examples/node/server.js")
-	if err != nil {
-		t.Fatal(err)
-	}
+	node, src := nodeServer(t, true)
 	s := newService(t, handoffBin, "handoff")
 	app, real := filepath.Join(s.dir, "app.js"), filepath.Join(s.dir, "server.js")
 	installBytes(t, src, app)
@@ -700,4 +676,23 @@ func nonblocking(t *testing.T, pid, fd int) bool {
 	}
 	t.Fatalf("fdinfo of %d/%d has no flags", pid, fd)
 	return false
+}
+
+// nodeServer returns the path of node and examples/node/server.js, or
+// skips the test without node, or with notify, without systemd-notify
+// (with which a Node worker reports ready).
+func nodeServer(t *testing.T, notify bool) (node string, src []byte) {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("node is not installed: skipping handoff run with examples/node (apt-get install nodejs)")
+	}
+	if _, err := exec.LookPath("systemd-notify"); err != nil && notify {
+		t.Skip("systemd-notify is not installed: a Node worker cannot report ready (apt-get install systemd)")
+	}
+	src, err = os.ReadFile("../examples/node/server.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return node, src
 }

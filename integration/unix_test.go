@@ -258,17 +258,7 @@ func regexpFind(s, pattern string) string {
 // the given listen flags, and waits until it is ready.
 func startNodeRun(t *testing.T, listen ...string) *service {
 	t.Helper()
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Skip("node is not installed: skipping handoff run with examples/node (apt-get install nodejs)")
-	}
-	if _, err := exec.LookPath("systemd-notify"); err != nil {
-		t.Skip("systemd-notify is not installed: a Node worker cannot report ready (apt-get install systemd)")
-	}
-	src, err := os.ReadFile("../examples/node/server.js")
-	if err != nil {
-		t.Fatal(err)
-	}
+	node, src := nodeServer(t, true)
 	s := newService(t, handoffBin, "handoff")
 	app := filepath.Join(s.dir, "app.js")
 	installBytes(t, src, app)

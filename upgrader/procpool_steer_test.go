@@ -70,16 +70,7 @@ func TestProcPoolSteeringKeepsSlotSets(t *testing.T) {
 // probation (a restore does not pass the socket groups on), with a UDP
 // socket, with no socket, or with sockets that are not all listeners.
 func TestSteeringRefusedWhereItCannotHold(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
+	ln, pc := tcpAndUDP(t)
 	tcp := sockRef{name: "tcp-x", addr: "127.0.0.1:0", conn: ln.(syscall.Conn)}
 	for _, tc := range []struct {
 		name string

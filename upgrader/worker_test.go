@@ -71,16 +71,7 @@ func TestTakeWorkerRole(t *testing.T) {
 // TestWorkerSockets: Listen and ListenPacket return each inherited socket
 // once, by its name; another is refused, naming it.
 func TestWorkerSockets(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
+	ln, pc := tcpAndUDP(t)
 	lf, _ := ln.(*net.TCPListener).File()
 	pf, _ := pc.(*net.UDPConn).File()
 	w := &workerSide{files: map[string]*os.File{fdName("tcp", "127.0.0.1:0"): lf, fdName("udp", "127.0.0.1:0"): pf}}
@@ -324,4 +315,21 @@ func TestNewProcPool(t *testing.T) {
 	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("master's listener after closeSockets: %v, want closed", err)
 	}
+}
+
+// tcpAndUDP listens on a TCP and a UDP socket of 127.0.0.1, closed at
+// the test's end.
+func tcpAndUDP(t *testing.T) (net.Listener, net.PacketConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return ln, pc
 }
