@@ -614,3 +614,30 @@ func TestStopAcceptingKeepsSocketsFirst(t *testing.T) {
 		})
 	}
 }
+
+// TestNewTakesWorkerRole: in a process its master started as a worker,
+// New returns the worker side and starts no handover; a bad worker
+// marker is refused, not taken for a master.
+func TestNewTakesWorkerRole(t *testing.T) {
+	for _, v := range []string{workerEnv, "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET"} {
+		t.Setenv(v, "")
+		os.Unsetenv(v)
+	}
+	t.Setenv(workerEnv, "x:7")
+	h := newFakeHandover(t)
+	if u, err := newFakeUpgrader(t, Options{}, h); err == nil || !strings.Contains(err.Error(), "is not ID:GENERATION") {
+		t.Fatalf("bad worker marker: %v (an Upgrader: %v); want refused", err, u != nil)
+	}
+	t.Setenv(workerEnv, "2:7")
+	u, err := newFakeUpgrader(t, Options{}, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Stop()
+	if u.worker == nil || u.worker.id != 2 || u.gen != 7 {
+		t.Fatalf("worker marker 2:7: worker %+v, generation %d; want worker 2 of generation 7", u.worker, u.gen)
+	}
+	if h.opts.UpgradeTimeout != 0 {
+		t.Error("a worker started a handover of its own")
+	}
+}
