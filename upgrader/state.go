@@ -46,12 +46,22 @@ type stateFile struct {
 }
 
 func newStateFile() (*stateFile, error) {
-	f, err := os.CreateTemp("", "handoff-state-*")
+	f, err := createStateFile()
 	if err != nil {
 		return nil, fmt.Errorf("upgrader: create state file: %w", err)
 	}
-	os.Remove(f.Name())
 	return &stateFile{f: f}, nil
+}
+
+// tempStateFile is the state file where there is no memfd: an unlinked
+// temporary file.
+func tempStateFile() (*os.File, error) {
+	f, err := os.CreateTemp("", "handoff-state-*")
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(f.Name())
+	return f, nil
 }
 
 // write replaces what one generation tells the next; the lists the
