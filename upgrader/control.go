@@ -187,7 +187,7 @@ func (u *Upgrader) status() *control.Status {
 	}
 	if u.pool != nil {
 		st.Workers = u.pool.status()
-		st.Rollback = rollbackOf(u.pool)
+		st.Rollback = u.pool.rolledBack()
 	}
 	st.Generations = generations(control.GenerationStatus{PID: st.PID, Generation: st.Generation, Version: st.Version, State: st.State}, draining)
 	return st

@@ -107,8 +107,8 @@ func (u *Upgrader) Stats() Stats {
 			s.Workers[w.State]++
 			s.WorkerRestarts += uint64(w.Restarts)
 		}
+		s.RolledBack = p.rolledBack() != ""
 	}
-	s.RolledBack = rollbackOf(p) != ""
 	return s
 }
 

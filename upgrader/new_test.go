@@ -512,6 +512,7 @@ func TestUpgraderRoll(t *testing.T) {
 	waitClosed(t, pp.ready(), "pool ready")
 	u.mu.Lock()
 	u.pool = pp
+	u.opts.WorkerMode = ProcessWorkers
 	u.mu.Unlock()
 	if _, err := u.roll(ctx, nop); !errors.Is(err, ErrNotReady) {
 		t.Errorf("roll before ready: %v, want ErrNotReady", err)

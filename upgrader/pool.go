@@ -168,11 +168,11 @@ func (p *pool) isDraining() bool {
 func (p *pool) supervise(ctx context.Context, id int) {
 	backoff := MinRestartBackoff
 	for {
-		p.setState(id, "starting", nil)
+		p.setState(id, stateStarting, nil)
 		start := time.Now()
 		err := p.runOnce(ctx, id)
 		if p.isDraining() || ctx.Err() != nil {
-			p.setState(id, "stopped", err)
+			p.setState(id, stateStopped, err)
 			return
 		}
 		if err == nil {
@@ -181,7 +181,7 @@ func (p *pool) supervise(ctx context.Context, id int) {
 		if time.Since(start) >= StableAfter {
 			backoff = MinRestartBackoff
 		}
-		p.setState(id, "backoff", err)
+		p.setState(id, stateBackoff, err)
 		p.workerLog(id).Error("worker failed, restarting", "err", err, "backoff", backoff)
 		select {
 		case <-time.After(backoff):
@@ -213,7 +213,7 @@ func (p *pool) setState(id int, state string, err error) {
 	defer p.mu.Unlock()
 	s := &p.slots[id]
 	s.state = state
-	if state == "starting" {
+	if state == stateStarting {
 		s.started = time.Now()
 	}
 	if err != nil {
@@ -228,7 +228,7 @@ func (p *pool) workerReady(id int) {
 	if p.isDraining() {
 		return
 	}
-	s.state = "ready"
+	s.state = stateReady
 	if s.wasReady {
 		return
 	}
@@ -247,8 +247,8 @@ func (p *pool) stopAccepting() {
 		p.mu.Lock()
 		close(p.draining)
 		for i := range p.slots {
-			if p.slots[i].state == "ready" {
-				p.slots[i].state = "draining"
+			if p.slots[i].state == stateReady {
+				p.slots[i].state = stateDraining
 			}
 		}
 		p.mu.Unlock()
@@ -302,3 +302,12 @@ func (p *pool) status() []control.WorkerStatus {
 	}
 	return out
 }
+
+// A pool of goroutines has no gate of its own (its accept loops wait on
+// the Upgrader's), no workers PID file, nothing to roll and no build to
+// roll back to, and never gives up starting: its workers retry.
+func (p *pool) openGate()                                       {}
+func (p *pool) setPublish(bool)                                 {}
+func (p *pool) roll(context.Context, func(string)) (int, error) { return 0, errGoroutineRoll }
+func (p *pool) startFailure() (<-chan struct{}, func() error)   { return nil, nil }
+func (p *pool) rolledBack() string                              { return "" }

@@ -226,6 +226,16 @@ func (pp *procPool) cutCount() int64 {
 	return pp.killed
 }
 
+// startFailure: a pool that fails fast (a generation started by an
+// upgrade) gives up when a slot falls into a crash loop before all workers
+// are ready; the first generation keeps retrying.
+func (pp *procPool) startFailure() (<-chan struct{}, func() error) {
+	if !pp.failFast {
+		return nil, nil
+	}
+	return pp.failed, func() error { return pp.failErr }
+}
+
 // openGate lets every worker accept, now and once started: the
 // generation is ready.
 func (pp *procPool) openGate() {

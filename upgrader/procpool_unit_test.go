@@ -288,11 +288,11 @@ func TestProcPoolRollback(t *testing.T) {
 		default:
 			t.Error("the roll of the workers on this build not started")
 		}
-		if got := rollbackOf(pp); !strings.Contains(got, "worker 1 in a crash loop 1m0s after this generation was ready: exit status 3") {
-			t.Errorf("rollbackOf = %q", got)
+		if got := pp.rolledBack(); !strings.Contains(got, "worker 1 in a crash loop 1m0s after this generation was ready: exit status 3") {
+			t.Errorf("rolledBack = %q", got)
 		}
-		if rollbackOf(&pool{}) != "" {
-			t.Error("rollbackOf a goroutine pool is not empty")
+		if (&pool{}).rolledBack() != "" {
+			t.Error("a goroutine pool's rolledBack is not empty")
 		}
 
 		for _, tc := range []struct {

@@ -69,13 +69,9 @@ func (u *Upgrader) rollBackWorkers() {
 	}
 }
 
-// rollbackOf says why the workers of pool p were rolled back to the
-// previous build, or "" if they were not (or p has no worker processes).
-func rollbackOf(p workers) string {
-	pp, ok := p.(*procPool)
-	if !ok {
-		return ""
-	}
+// rolledBack says why the workers were rolled back to the previous build,
+// or "" if they were not.
+func (pp *procPool) rolledBack() string {
 	pp.mu.Lock()
 	defer pp.mu.Unlock()
 	return pp.rollback

@@ -285,7 +285,7 @@ func TestPreviousImage(t *testing.T) {
 func TestRollBackWorkersLogsFailure(t *testing.T) {
 	logs := newLogLines()
 	pp, _ := testProcPool(t, 1)
-	u := &Upgrader{log: logs.logger(), pool: pp, ready: make(chan struct{})} // not ready: no roll
+	u := &Upgrader{log: logs.logger(), pool: pp, opts: Options{WorkerMode: ProcessWorkers}, ready: make(chan struct{})} // not ready: no roll
 	u.rollBackWorkers()
 	if logs.count("roll to the previous build did not finish", ErrNotReady.Error()) != 1 || logs.count("rolling restart failed") != 1 {
 		t.Errorf("the log:\n%s", logs)

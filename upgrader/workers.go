@@ -40,6 +40,7 @@ const (
 	stateDraining  = "draining"
 	stateBackoff   = "backoff"
 	stateCrashLoop = "crash-loop"
+	stateStopped   = "stopped" // a goroutine worker that returned nil
 )
 
 // workerCutGrace is how long after the drain timeout a worker process has
@@ -64,7 +65,27 @@ type workers interface {
 	// connections or workers it cut at the drain timeout.
 	progress() progress
 	cutCount() int64
+
+	// openGate lets worker processes accept once the generation is
+	// ready; goroutines wait on the Upgrader's accept gate instead.
+	openGate()
+	// setPublish turns the workers PID file (and kernel steering) on or
+	// off; a pool of goroutines has neither.
+	setPublish(on bool)
+	// roll replaces the workers one at a time and says how many it
+	// replaced.
+	roll(ctx context.Context, progress func(string)) (int, error)
+	// startFailure returns a channel closed if the pool gives up before
+	// all its workers are ready, and then why (see
+	// addStartFailureActor); nil, nil for a pool that never gives up.
+	startFailure() (failed <-chan struct{}, why func() error)
+	// rolledBack says why the workers were rolled back to the previous
+	// build, or "" if they were not.
+	rolledBack() string
 }
+
+// errGoroutineRoll: a rolling restart needs worker processes.
+var errGoroutineRoll = errors.New("upgrader: no worker processes to restart: worker mode is goroutine")
 
 // workersPIDFile derives the workers PID file from the PID file:
 // run/hello.pid becomes run/hello.workers.pid.
@@ -94,22 +115,23 @@ func (u *Upgrader) newWorkersLocked(fn WorkerFunc) (workers, error) {
 
 // openWorkers lets the worker processes of a ready generation accept.
 func (u *Upgrader) openWorkers() {
-	u.mu.Lock()
-	pp, ok := u.pool.(*procPool)
-	u.mu.Unlock()
-	if ok {
-		pp.openGate()
+	if p := u.workers(); p != nil {
+		p.openGate()
 	}
 }
 
 // publishWorkers turns the workers PID file of a process pool on or off.
 func (u *Upgrader) publishWorkers(on bool) {
-	u.mu.Lock()
-	pp, ok := u.pool.(*procPool)
-	u.mu.Unlock()
-	if ok {
-		pp.setPublish(on)
+	if p := u.workers(); p != nil {
+		p.setPublish(on)
 	}
+}
+
+// workers returns this generation's pool, nil before Serve made it.
+func (u *Upgrader) workers() workers {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.pool
 }
 
 // roll is a rolling restart of the worker processes (SIGUSR2 or the
@@ -121,17 +143,15 @@ func (u *Upgrader) roll(ctx context.Context, progress func(string)) (n int, err 
 			u.log.Error("rolling restart failed", "replaced", n, "err", err)
 		}
 	}()
-	u.mu.Lock()
-	pp, ok := u.pool.(*procPool)
-	u.mu.Unlock()
-	if !ok {
-		return 0, errors.New("upgrader: no worker processes to restart: worker mode is goroutine")
+	if u.opts.WorkerMode != ProcessWorkers {
+		return 0, errGoroutineRoll
 	}
 	select {
 	case <-u.ready:
 	default:
 		return 0, ErrNotReady
 	}
+	pp := u.workers()
 	if !u.upgrading.CompareAndSwap(false, true) {
 		if u.rolling.Load() {
 			return 0, ErrRollInProgress
@@ -149,7 +169,7 @@ func (u *Upgrader) roll(ctx context.Context, progress func(string)) (n int, err 
 	default:
 	}
 	start := time.Now()
-	u.log.Info("rolling restart of the workers", "workers", pp.n)
+	u.log.Info("rolling restart of the workers", "workers", u.opts.Workers)
 	n, err = pp.roll(ctx, progress)
 	if err != nil {
 		return n, err
@@ -163,16 +183,16 @@ func (u *Upgrader) roll(ctx context.Context, progress func(string)) (n int, err 
 // serving, when one of its worker slots falls into a crash loop before all
 // its workers are ready. The first generation keeps retrying instead.
 func addStartFailureActor(g *run.Group, p workers) {
-	pp, ok := p.(*procPool)
-	if !ok || !pp.failFast {
+	failed, why := p.startFailure()
+	if failed == nil {
 		return
 	}
 	done := make(chan struct{})
 	g.Add(func() error {
 		select {
-		case <-pp.failed:
-			return pp.failErr
-		case <-pp.readyC:
+		case <-failed:
+			return why()
+		case <-p.ready():
 		case <-done:
 		}
 		<-done
