@@ -642,3 +642,56 @@ func TestNewTakesWorkerRole(t *testing.T) {
 		t.Error("a worker started a handover of its own")
 	}
 }
+
+// TestReadyCountsUpgrade: a new generation's ready is a successful
+// upgrade in the stats; the first generation's is not.
+func TestReadyCountsUpgrade(t *testing.T) {
+	for _, parent := range []bool{false, true} {
+		h := newFakeHandover(t)
+		if parent {
+			asNewGeneration(t, h, 1, deadPIDForTest(t))
+		}
+		u := mustNew(t, Options{}, h)
+		if err := u.markReady(); err != nil {
+			t.Fatal(err)
+		}
+		want := uint64(0)
+		if parent {
+			want = 1
+		}
+		if got := u.Stats().Upgrades[resultSuccess]; got != want {
+			t.Errorf("new generation %v: %d successful upgrades counted at ready, want %d", parent, got, want)
+		}
+	}
+}
+
+// TestCheckPathsRefuses: with a valid drain policy, every other check
+// still runs: too many workers, a control socket path too long to bind,
+// and two files at one path; options without any of these pass.
+func TestCheckPathsRefuses(t *testing.T) {
+	long := "/" + strings.Repeat("s", maxSocketPath)
+	for _, tc := range []struct {
+		name string
+		opts Options
+		want string // "" for no error
+	}{
+		{"fine", Options{Workers: MaxWorkers, PIDFile: "a.pid", ControlSocket: "a.sock", WorkersPIDFile: "a.workers.pid", WorkerMode: ProcessWorkers}, ""},
+		{"bad policy", Options{MaxDrainingPolicy: "nope"}, `max draining policy "nope"`},
+		{"too many workers", Options{Workers: MaxWorkers + 1}, "100001 workers, more than the 100000 allowed"},
+		{"long socket path", Options{ControlSocket: long}, "longer than the 107 a unix socket takes"},
+		{"PID file is the socket", Options{PIDFile: "run/a", ControlSocket: "run/./a"}, "the PID file and the control socket are both run/a"},
+		{"workers PID file is the PID file", Options{PIDFile: "a.pid", WorkersPIDFile: "a.pid", WorkerMode: ProcessWorkers}, "the PID file and the workers PID file are both a.pid"},
+		{"workers PID file unused with goroutines", Options{PIDFile: "a.pid", WorkersPIDFile: "a.pid"}, ""},
+	} {
+		if tc.opts.MaxDrainingPolicy == "" {
+			tc.opts.MaxDrainingPolicy = DrainingKillOldest
+		}
+		err := checkPaths(tc.opts)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.want != "" && (!errors.Is(err, ErrInvalidOptions) || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: %v, want ErrInvalidOptions with %q", tc.name, err, tc.want)
+		}
+	}
+}
