@@ -305,7 +305,8 @@ func (p *pool) status() []control.WorkerStatus {
 
 // A pool of goroutines has no gate of its own (its accept loops wait on
 // the Upgrader's), no workers PID file, nothing to roll and no build to
-// roll back to, and never gives up starting: its workers retry.
+// roll back to (Upgrader.roll refuses goroutine mode before it asks; roll
+// says so too), and never gives up starting: its workers retry.
 func (p *pool) openGate()                                       {}
 func (p *pool) setPublish(bool)                                 {}
 func (p *pool) roll(context.Context, func(string)) (int, error) { return 0, errGoroutineRoll }
