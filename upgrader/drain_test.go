@@ -432,3 +432,89 @@ func TestCloseIdleLeavesHTTP2ToShutdown(t *testing.T) {
 		t.Error("idle HTTP/1.1 connection over TLS left open past its grace")
 	}
 }
+
+// TestTrackCountsCut: a connection closed during the drain with a request
+// begun and not read whole is counted as cut, and only that one: not one
+// closed after its answer (net/http closes an Active connection once it
+// has answered with Connection: close), not a hijacked one, not one
+// closed outside a drain or with nothing begun, not one never tracked.
+func TestTrackCountsCut(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		state    http.ConnState // as tracked before
+		untrack  bool           // never tracked
+		begun    bool
+		to       http.ConnState
+		draining bool
+		cut      int64
+	}{
+		{name: "idle, request begun, closed in drain", state: http.StateIdle, begun: true, to: http.StateClosed, draining: true, cut: 1},
+		{name: "new, request begun, closed in drain", state: http.StateNew, begun: true, to: http.StateClosed, draining: true, cut: 1},
+		{name: "answered, then closed in drain", state: http.StateActive, begun: true, to: http.StateClosed, draining: true},
+		{name: "hijacked in drain", state: http.StateIdle, begun: true, to: http.StateHijacked, draining: true},
+		{name: "closed outside a drain", state: http.StateIdle, begun: true, to: http.StateClosed},
+		{name: "nothing begun", state: http.StateIdle, to: http.StateClosed, draining: true},
+		{name: "never tracked", untrack: true, begun: true, to: http.StateClosed, draining: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			drainC := make(chan struct{})
+			if tc.draining {
+				close(drainC)
+			}
+			srv := &HTTPServer{conns: make(map[net.Conn]connInfo), drainC: drainC, pool: &pool{}}
+			a, _ := socketPair(t)
+			c := &trackedConn{Conn: a}
+			c.started.Store(tc.begun)
+			if !tc.untrack {
+				srv.conns[c] = connInfo{state: tc.state, since: time.Now()}
+			}
+			srv.track(c, tc.to)
+			if n := srv.pool.cut.Load(); n != tc.cut {
+				t.Errorf("cut %d, want %d", n, tc.cut)
+			}
+			if n := srv.openConns(); n != 0 {
+				t.Errorf("%d connections still tracked", n)
+			}
+		})
+	}
+}
+
+// errConn is a connection whose reads return no byte and err.
+type errConn struct {
+	net.Conn
+	err error
+}
+
+func (c errConn) Read([]byte) (int, error) { return 0, c.err }
+
+// TestTrackedConnFirstReadSize: on a plain connection, net/http's first
+// read after the connection waits asks for less than its whole buffer when
+// the buffer holds the start of the next request, which says a request
+// has begun though no byte arrives; only the first read says so, and a
+// TLS connection's reads (the TLS layer's, of other sizes) never do.
+func TestTrackedConnFirstReadSize(t *testing.T) {
+	timeout := errConn{err: os.ErrDeadlineExceeded}
+	for _, tc := range []struct {
+		name  string
+		plain bool
+		reads []int
+		begun bool
+	}{
+		{name: "plain, room for all but 2 bytes", plain: true, reads: []int{netHTTPReadBuf - 2}, begun: true},
+		{name: "plain, the whole buffer", plain: true, reads: []int{netHTTPReadBuf}},
+		{name: "plain, all but 4", plain: true, reads: []int{netHTTPReadBuf - 4}},
+		{name: "plain, only the first read counts", plain: true, reads: []int{netHTTPReadBuf, netHTTPReadBuf - 1}},
+		{name: "TLS", reads: []int{netHTTPReadBuf - 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &trackedConn{Conn: timeout, plain: tc.plain}
+			c.waiting()
+			for _, n := range tc.reads {
+				c.Read(make([]byte, n))
+			}
+			if got := c.started.Load(); got != tc.begun {
+				t.Errorf("request begun %v after reads of %v, want %v", got, tc.reads, tc.begun)
+			}
+		})
+	}
+}

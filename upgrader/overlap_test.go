@@ -131,3 +131,59 @@ func TestCheckDrainingCapRefuses(t *testing.T) {
 		t.Errorf("kill-oldest: %v, want no refusal", err)
 	}
 }
+
+// TestLiveDrainingOldestFirst: the draining generations come back oldest
+// first, whatever their order in the state file, so that the status lists
+// them in order and the cap ends the oldest.
+func TestLiveDrainingOldestFirst(t *testing.T) {
+	u, _ := probationUpgrader(t, 0)
+	gens := drainingStandIns(t, u, 3)
+	if err := u.state.update(func(st *genState) {
+		st.Draining = []drainingGen{gens[2], gens[0], gens[1]}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var got []int
+	for _, g := range u.liveDraining() {
+		got = append(got, g.Generation)
+	}
+	if !slices.Equal(got, []int{1, 2, 3}) {
+		t.Errorf("live draining generations %v, want [1 2 3], oldest first", got)
+	}
+}
+
+// TestAbsorbDrains: the serving generation counts the drains the old ones
+// recorded in the state file and clears them there, once; a generation
+// that drains itself leaves them for the one that serves.
+func TestAbsorbDrains(t *testing.T) {
+	u, _ := probationUpgrader(t, 0)
+	u.phase.set(phaseReady)
+	if err := u.state.write(genState{Generation: 2, PID: os.Getpid()}); err != nil {
+		t.Fatal(err)
+	}
+	recs := []drainRecord{{PID: 1, Duration: 2 * time.Second, Cut: 3, Ended: true}, {PID: 2, Duration: time.Second}}
+	if err := u.state.update(func(st *genState) { st.Drains = recs }); err != nil {
+		t.Fatal(err)
+	}
+	u.absorbDrains()
+	u.absorbDrains() // cleared: not counted twice
+	if u.stats.DrainSeconds.Count != 2 || u.stats.ConnsCut != 3 || u.stats.DrainingEnded != 1 {
+		t.Errorf("after absorbing: %d drains, %d cut, %d ended; want 2, 3, 1",
+			u.stats.DrainSeconds.Count, u.stats.ConnsCut, u.stats.DrainingEnded)
+	}
+	if st, err := u.state.read(); err != nil || len(st.Drains) != 0 {
+		t.Errorf("state file drains %+v (%v), want none left", st.Drains, err)
+	}
+
+	u.phase.set(phaseDraining)
+	if err := u.state.update(func(st *genState) { st.Drains = recs[:1] }); err != nil {
+		t.Fatal(err)
+	}
+	u.absorbDrains()
+	if u.stats.DrainSeconds.Count != 2 {
+		t.Errorf("a draining generation absorbed a drain record: %d drains counted", u.stats.DrainSeconds.Count)
+	}
+	if st, _ := u.state.read(); len(st.Drains) != 1 {
+		t.Errorf("a draining generation took the records from the state file: %+v", st.Drains)
+	}
+}

@@ -81,3 +81,30 @@ func TestCollectorSeries(t *testing.T) {
 }
 
 func formatBound(b float64) string { return strconv.FormatFloat(b, 'g', -1, 64) }
+
+// A histogram with fewer counts than bounds (a Stats built by hand, or by
+// an older generation) is taken as empty past its counts, not a panic.
+func TestCollectorShortHistogram(t *testing.T) {
+	t.Parallel()
+	src := fakeSource{UpgradeSeconds: upgrader.Histogram{Count: 2, Sum: 1, Bounds: []float64{0.5, 1, 5}, Counts: []uint64{2}}}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(src))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "handoff_upgrade_duration_seconds" {
+			continue
+		}
+		var got []uint64
+		for _, b := range mf.GetMetric()[0].GetHistogram().GetBucket() {
+			got = append(got, b.GetCumulativeCount())
+		}
+		if len(got) != 3 || got[0] != 2 || got[1] != 2 || got[2] != 2 {
+			t.Errorf("buckets %v, want [2 2 2]", got)
+		}
+		return
+	}
+	t.Fatal("no upgrade duration histogram")
+}
