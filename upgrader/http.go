@@ -8,7 +8,10 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/gohandoff/handoff/internal/connpass"
 )
 
 // DefaultIdleGrace is how long a draining HTTP server leaves an idle
@@ -41,6 +44,15 @@ type HTTPServer struct {
 	Server *http.Server
 	// IdleGrace defaults to DefaultIdleGrace.
 	IdleGrace time.Duration
+	// HandOver, if set, is asked before a keep-alive connection moves to
+	// the next generation at a drain; false keeps it here, to drain as a
+	// connection that cannot move. What a handler stored for the
+	// connection (ConnContext, ConnState) does not move with it: the
+	// next generation sees the connection as newly accepted.
+	HandOver func(c net.Conn) bool
+	// NoHandOver drains every connection here, as before connections
+	// moved: a response during the drain says Connection: close.
+	NoHandOver bool
 
 	init      sync.Once
 	tls       bool
@@ -50,6 +62,13 @@ type HTTPServer struct {
 	drainErr  error
 
 	pool *pool
+
+	// Passing connections to the next generation (httppass.go).
+	recv       *connpass.Receiver
+	passTo     func() *connpass.Sender // dials the next generation once, nil if none
+	passFailed atomic.Bool
+	noPass     string // why connections drain here, if known
+	passed     atomic.Int64
 
 	mu    sync.Mutex
 	conns map[net.Conn]connInfo
@@ -75,10 +94,13 @@ func (s *HTTPServer) setup(w *Worker) {
 		if h == nil {
 			h = http.DefaultServeMux
 		}
+		s.setupPassing(w)
 		s.Server.Handler = http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 			select {
 			case <-s.drainC:
-				rw.Header().Set("Connection", "close")
+				if !s.passing() {
+					rw.Header().Set("Connection", "close")
+				}
 			default:
 			}
 			h.ServeHTTP(rw, r)
@@ -172,7 +194,9 @@ func (s *HTTPServer) drain(ctx context.Context, w *Worker) error {
 	start := time.Now()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for s.closeIdle(start) > 0 {
+	defer s.logPassed(w, start)
+	s.logNoPass(w)
+	for s.passIdle(w); s.closeIdle(start) > 0; s.passIdle(w) {
 		select {
 		case <-ctx.Done():
 			cut := s.closeAll()

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -50,6 +52,16 @@ type trackedConn struct {
 	// so the size of its first read after waiting tells what it holds.
 	plain     bool
 	firstRead atomic.Bool
+
+	// The hand-over to the next generation (httppass.go), under mu.
+	mu       sync.Mutex
+	cond     *sync.Cond
+	deadline time.Time // the read deadline net/http set last
+	inRead   bool      // a Read is in progress
+	readFull bool      // ...and it is the first since waiting, asking for the whole buffer: net/http holds no byte read ahead
+	moving   bool      // handOver interrupted the Read to move the connection
+	parked   bool      // the Read returned nothing and waits for the move's outcome
+	moved    bool      // the connection is the next generation's now
 }
 
 // waiting marks the connection New or Idle: no request has begun yet.
@@ -60,20 +72,68 @@ func (c *trackedConn) waiting() {
 }
 
 func (c *trackedConn) Read(b []byte) (int, error) {
-	if c.plain && c.firstRead.CompareAndSwap(true, false) && len(b) < netHTTPReadBuf && len(b) >= netHTTPReadBuf-3 {
+	first := c.plain && c.firstRead.CompareAndSwap(true, false)
+	if first && len(b) < netHTTPReadBuf && len(b) >= netHTTPReadBuf-3 {
 		c.started.Store(true)
 	}
-	n, err := c.Conn.Read(b)
-	if n > 0 {
-		c.started.Store(true)
+	c.mu.Lock()
+	if c.moved {
+		c.mu.Unlock()
+		return 0, io.EOF
 	}
-	return n, err
+	c.inRead, c.readFull = true, first && len(b) == netHTTPReadBuf
+	c.mu.Unlock()
+	for {
+		n, err := c.Conn.Read(b)
+		if n > 0 {
+			c.started.Store(true)
+		}
+		c.mu.Lock()
+		if !c.moving {
+			c.inRead, c.readFull = false, false
+			c.mu.Unlock()
+			return n, err
+		}
+		if n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			// A byte (or the end) came before the move: the connection
+			// stays, with net/http's own deadline back.
+			c.moving, c.inRead, c.readFull = false, false, false
+			c.Conn.SetReadDeadline(c.deadline)
+			c.condLocked().Broadcast()
+			c.mu.Unlock()
+			return n, err
+		}
+		// Interrupted with nothing read: the socket may move.
+		c.parked = true
+		c.condLocked().Broadcast()
+		for c.moving {
+			c.condLocked().Wait()
+		}
+		c.parked = false
+		if c.moved {
+			c.inRead, c.readFull = false, false
+			c.mu.Unlock()
+			return 0, io.EOF // net/http closes its copy, without a reply
+		}
+		c.Conn.SetReadDeadline(c.deadline)
+		c.mu.Unlock() // not moved: read on
+	}
+}
+
+func (c *trackedConn) condLocked() *sync.Cond {
+	if c.cond == nil {
+		c.cond = sync.NewCond(&c.mu)
+	}
+	return c.cond
 }
 
 func (c *trackedConn) SetReadDeadline(t time.Time) error {
 	if c.deadlines.Add(1) >= 2 {
 		c.started.Store(true)
 	}
+	c.mu.Lock()
+	c.deadline = t
+	c.mu.Unlock()
 	return c.Conn.SetReadDeadline(t)
 }
 

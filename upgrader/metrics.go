@@ -57,6 +57,9 @@ type Stats struct {
 	// ConnsCut counts connections old generations still had open at
 	// their drain timeout and closed.
 	ConnsCut uint64
+	// ConnsPassed counts keep-alive connections old generations handed
+	// to their successor at their drain instead of closing them.
+	ConnsPassed uint64
 	// Draining counts the old generations still draining beside this
 	// one (at most Options.MaxDraining); DrainingEnded counts those ended
 	// at once, their connections cut, because an upgrade went past it.
@@ -93,6 +96,7 @@ func (u *Upgrader) Stats() Stats {
 		UpgradeSeconds: st.UpgradeSeconds.export(upgradeBuckets),
 		DrainSeconds:   st.DrainSeconds.export(drainBuckets),
 		ConnsCut:       st.ConnsCut,
+		ConnsPassed:    st.ConnsPassed,
 		Draining:       draining,
 		DrainingEnded:  st.DrainingEnded,
 	}
@@ -121,6 +125,7 @@ type stats struct {
 	UpgradeSeconds histogram         `json:"upgrade_seconds"`
 	DrainSeconds   histogram         `json:"drain_seconds"`
 	ConnsCut       uint64            `json:"conns_cut,omitempty"`
+	ConnsPassed    uint64            `json:"conns_passed,omitempty"`
 	// WorkerRestarts counts the restarts of the generations before this one.
 	WorkerRestarts uint64 `json:"worker_restarts,omitempty"`
 	// DrainingEnded counts the draining generations ended over the cap.
@@ -177,6 +182,7 @@ type drainRecord struct {
 	PID      int           `json:"pid"`
 	Duration time.Duration `json:"duration_ns"`
 	Cut      uint64        `json:"cut,omitempty"`
+	Passed   uint64        `json:"passed,omitempty"`
 	// Ended: the drain was cut short over --max-draining (overlap.go).
 	Ended bool `json:"ended,omitempty"`
 }
@@ -215,6 +221,7 @@ func (u *Upgrader) countFailedUpgrade(result string) {
 func (u *Upgrader) countDrain(r drainRecord) {
 	u.stats.DrainSeconds.observe(drainBuckets, r.Duration)
 	u.stats.ConnsCut += r.Cut
+	u.stats.ConnsPassed += r.Passed
 	if r.Ended {
 		u.stats.DrainingEnded++
 	}
@@ -222,9 +229,9 @@ func (u *Upgrader) countDrain(r drainRecord) {
 
 // leaveDrainRecord tells the serving generation, through the state file,
 // how this one's drain went.
-func (u *Upgrader) leaveDrainRecord(took time.Duration, cut int64, ended bool) {
+func (u *Upgrader) leaveDrainRecord(took time.Duration, cut, passed int64, ended bool) {
 	err := u.state.update(func(st *genState) {
-		st.Drains = append(st.Drains, drainRecord{PID: os.Getpid(), Duration: took, Cut: uint64(cut), Ended: ended})
+		st.Drains = append(st.Drains, drainRecord{PID: os.Getpid(), Duration: took, Cut: uint64(cut), Passed: uint64(passed), Ended: ended})
 	})
 	if err != nil {
 		u.log.Warn("drain not recorded for the metrics of the next generation", "err", err)

@@ -161,15 +161,15 @@ func TestAbsorbDrains(t *testing.T) {
 	if err := u.state.write(genState{Generation: 2, PID: os.Getpid()}); err != nil {
 		t.Fatal(err)
 	}
-	recs := []drainRecord{{PID: 1, Duration: 2 * time.Second, Cut: 3, Ended: true}, {PID: 2, Duration: time.Second}}
+	recs := []drainRecord{{PID: 1, Duration: 2 * time.Second, Cut: 3, Passed: 7, Ended: true}, {PID: 2, Duration: time.Second}}
 	if err := u.state.update(func(st *genState) { st.Drains = recs }); err != nil {
 		t.Fatal(err)
 	}
 	u.absorbDrains()
 	u.absorbDrains() // cleared: not counted twice
-	if u.stats.DrainSeconds.Count != 2 || u.stats.ConnsCut != 3 || u.stats.DrainingEnded != 1 {
-		t.Errorf("after absorbing: %d drains, %d cut, %d ended; want 2, 3, 1",
-			u.stats.DrainSeconds.Count, u.stats.ConnsCut, u.stats.DrainingEnded)
+	if u.stats.DrainSeconds.Count != 2 || u.stats.ConnsCut != 3 || u.stats.ConnsPassed != 7 || u.stats.DrainingEnded != 1 {
+		t.Errorf("after absorbing: %d drains, %d cut, %d passed, %d ended; want 2, 3, 7, 1",
+			u.stats.DrainSeconds.Count, u.stats.ConnsCut, u.stats.ConnsPassed, u.stats.DrainingEnded)
 	}
 	if st, err := u.state.read(); err != nil || len(st.Drains) != 0 {
 		t.Errorf("state file drains %+v (%v), want none left", st.Drains, err)

@@ -5,7 +5,7 @@ import (
 	"net"
 	"os"
 
-	"golang.org/x/sys/unix"
+	"github.com/gohandoff/handoff/internal/connpass"
 )
 
 // checkPeer lets only the owning uid (or root) use the control socket.
@@ -14,19 +14,9 @@ func checkPeer(conn net.Conn) error {
 	if !ok {
 		return nil
 	}
-	raw, err := uc.SyscallConn()
+	cred, err := connpass.PeerCred(uc)
 	if err != nil {
-		return fmt.Errorf("peer credentials: %w", err)
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return fmt.Errorf("peer credentials: %w", err)
-	}
-	if cerr != nil {
-		return fmt.Errorf("peer credentials: %w", cerr)
+		return err
 	}
 	if uid := os.Getuid(); cred.Uid != uint32(uid) && cred.Uid != 0 {
 		return fmt.Errorf("refused: peer uid %d (pid %d) is not the owner uid %d", cred.Uid, cred.Pid, uid)

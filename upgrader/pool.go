@@ -105,7 +105,12 @@ type pool struct {
 	slots        []slot
 	nready       int
 	connCounters []func() int // progress.go
-	cut          atomic.Int64 // connections cut at the drain timeout
+	// pass, on the Upgrader's goroutine pool, lets its HTTPServers take
+	// connections over from the previous generation and hand theirs to
+	// the next (httppass.go).
+	pass   *connPassing
+	cut    atomic.Int64 // connections cut at the drain timeout
+	passed atomic.Int64 // connections handed to the next generation
 }
 
 // newPool makes a pool of n workers running fn. If gate is not nil, the

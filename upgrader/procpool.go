@@ -220,6 +220,9 @@ func (pp *procPool) progress() progress {
 // the upgrade is answered.
 func (pp *procPool) stopAccepting() {}
 
+// passedCount is 0: worker processes drain their connections themselves.
+func (pp *procPool) passedCount() int64 { return 0 }
+
 func (pp *procPool) cutCount() int64 {
 	pp.mu.Lock()
 	defer pp.mu.Unlock()

@@ -58,6 +58,9 @@ func (p *pool) addCut(n int) { p.cut.Add(int64(n)) }
 
 func (p *pool) cutCount() int64 { return p.cut.Load() }
 
+func (p *pool) addPassed(n int64)  { p.passed.Add(n) }
+func (p *pool) passedCount() int64 { return p.passed.Load() }
+
 func (p *pool) progress() progress {
 	p.mu.Lock()
 	counters := p.connCounters

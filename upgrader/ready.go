@@ -95,9 +95,10 @@ func (u *Upgrader) writeState(upgradeStart time.Time) error {
 	u.absorbDrains()
 	u.mu.Lock()
 	st := u.statsToPassLocked()
+	conns := u.connsAddr
 	u.mu.Unlock()
 	return u.state.write(genState{Generation: u.gen, PID: os.Getpid(), Version: u.opts.Version, FirstStart: u.first,
-		UpgradeStart: upgradeStart, Stats: st})
+		UpgradeStart: upgradeStart, Stats: st, Conns: conns})
 }
 
 // watchParent closes link once the previous generation has ended

@@ -217,14 +217,14 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 	}
 	err := u.drainWithin(p, admin)
 	close(reported)
-	took, cut := time.Since(start), p.cutCount()
+	took, cut, passed := time.Since(start), p.cutCount(), p.passedCount()
 	ds.mu.Lock()
 	ds.took, ds.cut = took, cut
 	ds.mu.Unlock()
 	if !final {
-		u.leaveDrainRecord(took, cut, u.endedAt.Load())
+		u.leaveDrainRecord(took, cut, passed, u.endedAt.Load())
 	}
-	u.log.Info("drained", "duration", took.Round(time.Millisecond), "cut", cut)
+	u.log.Info("drained", "duration", took.Round(time.Millisecond), "cut", cut, "passed", passed)
 	close(ds.done)
 	if standDone != nil && !final {
 		u.updateDraining(func(g *drainingGen) { g.State, g.Left = "standing by", 0 })

@@ -33,6 +33,9 @@ type genState struct {
 	// Stopping is set by a generation that stops as asked, for a previous
 	// generation standing by (probation.go).
 	Stopping bool `json:"stopping,omitempty"`
+	// Conns is where the generation that wrote it receives the
+	// connections of the one before (httppass.go).
+	Conns string `json:"conns,omitempty"`
 }
 
 // stateFile is shared by every generation of a service. Mostly one of them

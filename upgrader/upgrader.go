@@ -93,6 +93,9 @@ type Upgrader struct {
 	standing    atomic.Bool
 	standbyEnd  chan struct{}
 	standbyOnce sync.Once
+	// connsAddr is where this generation's HTTPServer receives the
+	// previous generation's connections (httppass.go).
+	connsAddr string
 	// kept: the sockets kept for the stand-by, copied once (keepOnce) by
 	// the first of stopAccepting and the drain, before either closes the
 	// listeners.

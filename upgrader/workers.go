@@ -65,6 +65,9 @@ type workers interface {
 	// connections or workers it cut at the drain timeout.
 	progress() progress
 	cutCount() int64
+	// passedCount is how many connections the drain handed to the next
+	// generation (httppass.go).
+	passedCount() int64
 
 	// openGate lets worker processes accept once the generation is
 	// ready; goroutines wait on the Upgrader's accept gate instead.
@@ -101,7 +104,9 @@ func (u *Upgrader) newWorkersLocked(fn WorkerFunc) (workers, error) {
 		if fn == nil {
 			return nil, errors.New("upgrader: Serve needs a WorkerFunc in goroutine mode")
 		}
-		return newPool(u.opts.Workers, fn, u.lns, u.pcs, u.log, u.acceptGate()), nil
+		p := newPool(u.opts.Workers, fn, u.lns, u.pcs, u.log, u.acceptGate())
+		p.pass = &connPassing{publish: u.publishConns, successor: u.successorConns}
+		return p, nil
 	case ProcessWorkers:
 		spec, err := newProcSpecLocked(u)
 		if err != nil {

@@ -35,6 +35,7 @@ func run(args []string) error {
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (off if empty)")
 	tlsCert := fs.String("tls-cert", "", "serve HTTPS and HTTP/2 with the PEM certificate chain in this `file` (with --tls-key)")
 	tlsKey := fs.String("tls-key", "", "PEM private key `file` of --tls-cert")
+	noHandOver := fs.Bool("no-handover", false, "drain keep-alive connections here at an upgrade instead of handing them to the new generation")
 	if err := f.Parse(args); err != nil {
 		return err
 	}
@@ -82,7 +83,7 @@ func run(args []string) error {
 		TLSConfig:         tlsConfig,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(upg.Logger().Handler(), slog.LevelWarn),
-	}}
+	}, NoHandOver: *noHandOver}
 	return upg.Serve(context.Background(), srv.Worker)
 }
 

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"slices"
@@ -49,6 +50,9 @@ type Config struct {
 	PostEvery int
 	// Timeout bounds each request (default 10s).
 	Timeout time.Duration
+	// Think makes each client wait a random time in [0, Think) before
+	// each request, its connection idle meanwhile.
+	Think time.Duration
 	// Completed, if set, counts successful requests as they complete, so
 	// a caller can pace what it does during the load.
 	Completed *atomic.Int64
@@ -56,9 +60,12 @@ type Config struct {
 
 // Result is what a load measured.
 type Result struct {
-	Requests  int64            `json:"requests"`
-	OK        int64            `json:"ok"`
-	Failed    int64            `json:"failed"`
+	Requests int64 `json:"requests"`
+	OK       int64 `json:"ok"`
+	Failed   int64 `json:"failed"`
+	// Dials counts the connections the clients opened: with keep-alive,
+	// one per client plus one per connection the server closed.
+	Dials     int64            `json:"dials"`
 	ByKind    map[string]int64 `json:"failures_by_kind,omitempty"`
 	Errors    []string         `json:"first_errors,omitempty"`
 	Duration  time.Duration    `json:"duration_ns"`
@@ -106,8 +113,8 @@ func (r Result) String() string {
 		kinds = append(kinds, fmt.Sprintf("%s=%d", k, n))
 	}
 	slices.Sort(kinds)
-	return fmt.Sprintf("requests=%d ok=%d failed=%d [%s] rps=%.0f p50=%s p99=%s max=%s",
-		r.Requests, r.OK, r.Failed, strings.Join(kinds, " "), r.RPS(),
+	return fmt.Sprintf("requests=%d ok=%d failed=%d [%s] dials=%d rps=%.0f p50=%s p99=%s max=%s",
+		r.Requests, r.OK, r.Failed, strings.Join(kinds, " "), r.Dials, r.RPS(),
 		r.P50.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.Max.Round(time.Microsecond))
 }
 
@@ -117,12 +124,13 @@ type sample struct {
 }
 
 type client struct {
-	cfg  *Config
-	conn net.Conn
-	br   *bufio.Reader
-	get  []byte
-	post []byte
-	n    int
+	cfg   *Config
+	conn  net.Conn
+	br    *bufio.Reader
+	get   []byte
+	post  []byte
+	n     int
+	dials *atomic.Int64
 }
 
 // Run applies the load and returns what it measured.
@@ -143,6 +151,7 @@ func Run(ctx context.Context, cfg Config) Result {
 	}
 	var (
 		sent     atomic.Int64
+		dials    atomic.Int64
 		mu       sync.Mutex
 		byKind   = map[string]int64{}
 		failedAt []time.Duration
@@ -174,8 +183,16 @@ func Run(ctx context.Context, cfg Config) Result {
 		go func() {
 			defer wg.Done()
 			c := newClient(&cfg)
+			c.dials = &dials
 			defer c.close()
 			for !finished() {
+				if cfg.Think > 0 {
+					select {
+					case <-time.After(rand.N(cfg.Think)):
+					case <-ctx.Done():
+						return
+					}
+				}
 				sent.Add(1)
 				t0 := time.Now()
 				kind, err := c.do(ctx)
@@ -201,7 +218,7 @@ func Run(ctx context.Context, cfg Config) Result {
 		}()
 	}
 	wg.Wait()
-	r := Result{Requests: sent.Load(), ByKind: byKind, Errors: errs, Duration: time.Since(start), Start: start}
+	r := Result{Requests: sent.Load(), Dials: dials.Load(), ByKind: byKind, Errors: errs, Duration: time.Since(start), Start: start}
 	var lats []time.Duration
 	secs := int(r.Duration/time.Second) + 1
 	perSec := make([][]time.Duration, secs)
@@ -264,6 +281,7 @@ func (c *client) do(ctx context.Context) (string, error) {
 	if c.conn == nil {
 		d := net.Dialer{Timeout: c.cfg.Timeout}
 		conn, err := d.DialContext(ctx, "tcp", c.cfg.Addr)
+		c.dials.Add(1)
 		if err != nil {
 			return classify(KindConnect, err), err
 		}

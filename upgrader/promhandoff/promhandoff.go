@@ -34,6 +34,8 @@ var (
 		"Time an old generation took to drain after it handed over, reported by its successor once it exited.", nil, nil)
 	descConnsCut = prometheus.NewDesc("handoff_drain_connections_cut_total",
 		"Connections an old generation still had open at its drain timeout and closed.", nil, nil)
+	descConnsPassed = prometheus.NewDesc("handoff_drain_connections_passed_total",
+		"Keep-alive connections an old generation handed to its successor at its drain instead of closing them.", nil, nil)
 	descWorkers = prometheus.NewDesc("handoff_workers",
 		"Workers of the serving generation's pool, by state.", []string{"state"}, nil)
 	descRestarts = prometheus.NewDesc("handoff_worker_restarts_total",
@@ -58,7 +60,7 @@ type collector struct{ src Source }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descGeneration, descInfo, descUpgrades, descUpgradeDuration,
-		descDrainDuration, descConnsCut, descWorkers, descRestarts, descRolledBack, descDraining, descDrainingEnded} {
+		descDrainDuration, descConnsCut, descConnsPassed, descWorkers, descRestarts, descRolledBack, descDraining, descDrainingEnded} {
 		ch <- d
 	}
 }
@@ -73,6 +75,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- histogram(descUpgradeDuration, st.UpgradeSeconds)
 	ch <- histogram(descDrainDuration, st.DrainSeconds)
 	ch <- prometheus.MustNewConstMetric(descConnsCut, prometheus.CounterValue, float64(st.ConnsCut))
+	ch <- prometheus.MustNewConstMetric(descConnsPassed, prometheus.CounterValue, float64(st.ConnsPassed))
 	for _, s := range slices.Sorted(maps.Keys(st.Workers)) {
 		ch <- prometheus.MustNewConstMetric(descWorkers, prometheus.GaugeValue, float64(st.Workers[s]), s)
 	}

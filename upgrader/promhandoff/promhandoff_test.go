@@ -25,6 +25,7 @@ func TestCollectorSeries(t *testing.T) {
 		UpgradeSeconds: upgrader.Histogram{Count: 4, Sum: 303.23, Bounds: []float64{0.05, 0.1, 0.25, 5}, Counts: []uint64{1, 0, 1, 1}},
 		DrainSeconds:   upgrader.Histogram{Bounds: []float64{0.01, 1}, Counts: []uint64{0, 0}},
 		ConnsCut:       5,
+		ConnsPassed:    9,
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(NewCollector(src))
@@ -67,6 +68,7 @@ func TestCollectorSeries(t *testing.T) {
 		"handoff_upgrade_duration_seconds_bucket5":    3,
 		"handoff_drain_duration_seconds_count":        0,
 		"handoff_drain_connections_cut_total":         5,
+		"handoff_drain_connections_passed_total":      9,
 		"handoff_workers{state=ready}":                2,
 		"handoff_workers{state=starting}":             0,
 		"handoff_workers{state=crash-loop}":           1,

@@ -1,0 +1,282 @@
+// Package connpass hands established connections from one process to
+// another: the sender passes each connection's file descriptor over a unix
+// SOCK_SEQPACKET socket with SCM_RIGHTS, and the receiver, once it holds
+// the descriptor, acknowledges it, after which the sender closes its copy.
+//
+// The receiver listens on an abstract unix address (no file to clean up)
+// and takes connections only from a peer of its own uid; the sender checks
+// that the receiver is the process it expects. One connection is in flight
+// at a time on a channel: Send returns once the receiver has it.
+//
+// The package moves descriptors only. Whether a connection may move (no
+// byte of the next request read ahead by the old owner) is the caller's
+// concern; see upgrader/httppass.go.
+package connpass
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Supported reports whether connections can be passed on this system.
+const Supported = true
+
+// ackTimeout bounds the wait for a receiver's acknowledgement of one
+// connection.
+const ackTimeout = 5 * time.Second
+
+// Receiver is a net.Listener whose Accept returns the connections another
+// process passed to it.
+type Receiver struct {
+	ln     *net.UnixListener
+	addr   string
+	conns  chan net.Conn
+	done   chan struct{}
+	once   sync.Once
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	peers  map[*net.UnixConn]struct{}
+	onErr  func(error)
+	closed bool
+}
+
+// Listen starts a receiver on a fresh abstract address. onErr, if not nil,
+// is told of channels refused or broken.
+func Listen(onErr func(error)) (*Receiver, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("connpass: %w", err)
+	}
+	addr := fmt.Sprintf("@handoff-conns-%d-%s", os.Getpid(), hex.EncodeToString(b[:]))
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: addr, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("connpass: listen: %w", err)
+	}
+	if onErr == nil {
+		onErr = func(error) {}
+	}
+	r := &Receiver{ln: ln, addr: addr, conns: make(chan net.Conn), done: make(chan struct{}),
+		peers: make(map[*net.UnixConn]struct{}), onErr: onErr}
+	r.wg.Add(1)
+	go r.acceptLoop()
+	return r, nil
+}
+
+// Address is where a Sender dials this receiver.
+func (r *Receiver) Address() string { return r.addr }
+
+// Addr is the receiver's own unix address.
+func (r *Receiver) Addr() net.Addr { return r.ln.Addr() }
+
+// Accept returns the next connection passed to the receiver.
+func (r *Receiver) Accept() (net.Conn, error) {
+	select {
+	case c := <-r.conns:
+		return c, nil
+	case <-r.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops receiving: senders still connected get an error on their
+// next Send, and a connection passed but not yet accepted is closed here
+// (its sender, with no acknowledgement, keeps it).
+func (r *Receiver) Close() error {
+	r.once.Do(func() {
+		close(r.done)
+		r.ln.Close()
+		r.mu.Lock()
+		r.closed = true
+		for c := range r.peers {
+			c.Close()
+		}
+		r.mu.Unlock()
+	})
+	r.wg.Wait()
+	return nil
+}
+
+func (r *Receiver) acceptLoop() {
+	defer r.wg.Done()
+	for {
+		c, err := r.ln.AcceptUnix()
+		if err != nil {
+			return
+		}
+		if err := checkPeer(c, 0); err != nil {
+			r.onErr(err)
+			c.Close()
+			continue
+		}
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			c.Close()
+			return
+		}
+		r.peers[c] = struct{}{}
+		r.wg.Add(1)
+		r.mu.Unlock()
+		go r.serve(c)
+	}
+}
+
+// serve takes the connections one sender passes, one message each.
+func (r *Receiver) serve(c *net.UnixConn) {
+	defer r.wg.Done()
+	defer func() {
+		r.mu.Lock()
+		delete(r.peers, c)
+		r.mu.Unlock()
+		c.Close()
+	}()
+	buf := make([]byte, 1)
+	oob := make([]byte, unix.CmsgSpace(4))
+	for {
+		n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+		if err != nil || n == 0 {
+			return // the sender is done, or this receiver closed
+		}
+		conn, err := takeConn(oob[:oobn])
+		if err != nil {
+			r.onErr(err)
+			return
+		}
+		select {
+		case r.conns <- conn:
+		case <-r.done:
+			conn.Close()
+			return
+		}
+		if _, err := c.Write([]byte{1}); err != nil {
+			// Accepted and served here already; the sender, with no
+			// acknowledgement, must not serve it too: it closes its copy
+			// on any error after the descriptor left (see Send).
+			r.onErr(fmt.Errorf("connpass: acknowledge: %w", err))
+			return
+		}
+	}
+}
+
+// takeConn makes a net.Conn of the one descriptor in a message's control
+// data.
+func takeConn(oob []byte) (net.Conn, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil || len(msgs) != 1 {
+		return nil, fmt.Errorf("connpass: a message without one descriptor (%d control messages, %v)", len(msgs), err)
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return nil, fmt.Errorf("connpass: a message without one descriptor (%d, %v)", len(fds), err)
+	}
+	f := os.NewFile(uintptr(fds[0]), "passed-conn")
+	defer f.Close()
+	conn, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("connpass: passed descriptor: %w", err)
+	}
+	return conn, nil
+}
+
+// PeerCred returns the credentials of the process at the other end of c.
+func PeerCred(c *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("peer credentials: %w", err)
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, fmt.Errorf("peer credentials: %w", err)
+	}
+	if cerr != nil {
+		return nil, fmt.Errorf("peer credentials: %w", cerr)
+	}
+	return cred, nil
+}
+
+// checkPeer refuses a peer of another uid, and, if pid is not 0, one that
+// is not that process.
+func checkPeer(c *net.UnixConn, pid int) error {
+	cred, err := PeerCred(c)
+	if err != nil {
+		return fmt.Errorf("connpass: %w", err)
+	}
+	if cred.Uid != uint32(os.Getuid()) {
+		return fmt.Errorf("connpass: refused a peer of uid %d (pid %d), not this process's uid %d", cred.Uid, cred.Pid, os.Getuid())
+	}
+	if pid != 0 && int(cred.Pid) != pid {
+		return fmt.Errorf("connpass: the receiver is pid %d, not the expected pid %d", cred.Pid, pid)
+	}
+	return nil
+}
+
+// Sender passes connections to one receiver.
+type Sender struct {
+	mu sync.Mutex
+	c  *net.UnixConn
+}
+
+// Dial connects to the receiver at addr, which must be process pid.
+func Dial(addr string, pid int) (*Sender, error) {
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: addr, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("connpass: dial %s: %w", addr, err)
+	}
+	if err := checkPeer(c, pid); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &Sender{c: c}, nil
+}
+
+// ErrUnconfirmed says a descriptor left but its acknowledgement did not
+// come: the receiver may hold the connection, so the sender must not serve
+// it any more.
+var ErrUnconfirmed = errors.New("connpass: passed, not acknowledged")
+
+// Send passes conn's descriptor and waits for the receiver to hold it. On
+// a nil error the receiver serves the connection and the caller closes its
+// copy (never shuts it down). An error wrapping ErrUnconfirmed means the
+// descriptor may have arrived: the caller closes its copy too. Any other
+// error means nothing left, and the caller keeps the connection.
+func (s *Sender) Send(conn syscall.Conn) error {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("connpass: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var werr error
+	if err := raw.Control(func(fd uintptr) {
+		_, _, werr = s.c.WriteMsgUnix([]byte{1}, unix.UnixRights(int(fd)), nil)
+	}); err != nil {
+		return fmt.Errorf("connpass: %w", err)
+	}
+	if werr != nil {
+		return fmt.Errorf("connpass: send: %w", werr)
+	}
+	s.c.SetReadDeadline(time.Now().Add(ackTimeout))
+	var b [1]byte
+	if _, err := s.c.Read(b[:]); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnconfirmed, err)
+	}
+	return nil
+}
+
+// Close ends the channel.
+func (s *Sender) Close() error { return s.c.Close() }

@@ -1,0 +1,164 @@
+//go:build linux
+
+package connpass
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// tcpPair returns a connected client and server TCP connection on
+// loopback.
+func tcpPair(t *testing.T) (client, server *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+// TestPassKeepsTheConnection: a passed connection is the receiver's, with
+// the bytes the client sent before the pass still to read, and it
+// outlives the sender's copy.
+func TestPassKeepsTheConnection(t *testing.T) {
+	r, err := Listen(func(err error) { t.Errorf("receiver: %v", err) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	snd, err := Dial(r.Address(), os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snd.Close()
+	client, server := tcpPair(t)
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(client, "before"); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan net.Conn, 1)
+	go func() {
+		c, err := r.Accept()
+		if err != nil {
+			t.Error(err)
+		}
+		got <- c
+	}()
+	if err := snd.Send(server); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	server.Close() // the sender's copy; never shut down
+	c := <-got
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(client, "|after")
+	b := make([]byte, len("before|after"))
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "before|after" {
+		t.Fatalf("receiver read %q, %v; want before|after", b, err)
+	}
+	io.WriteString(c, "reply")
+	b = make([]byte, 5)
+	if _, err := io.ReadFull(client, b); err != nil || string(b) != "reply" {
+		t.Fatalf("client read %q, %v; want the receiver's reply", b, err)
+	}
+}
+
+// TestSendToClosedReceiverLeavesTheConnection: once the receiver is gone
+// a Send fails without the descriptor leaving: the error does not say
+// unconfirmed, and the sender's copy still works.
+func TestSendToClosedReceiverLeavesTheConnection(t *testing.T) {
+	r, err := Listen(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snd, err := Dial(r.Address(), os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snd.Close()
+	r.Close()
+	client, server := tcpPair(t)
+	err = snd.Send(server)
+	if err == nil {
+		t.Fatal("send to a closed receiver succeeded")
+	}
+	if errors.Is(err, ErrUnconfirmed) {
+		// The peer may close after the write landed: then the
+		// descriptor left with the receiver's socket, destroyed with it.
+		t.Logf("unconfirmed: %v", err)
+	}
+	server.SetDeadline(time.Now().Add(10 * time.Second))
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(client, "x")
+	b := make([]byte, 1)
+	if _, err := server.Read(b); err != nil {
+		t.Fatalf("the sender's copy after a failed send: %v", err)
+	}
+}
+
+// TestDialChecksThePID: a sender refuses a receiver that is not the
+// process it expects.
+func TestDialChecksThePID(t *testing.T) {
+	r, err := Listen(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := Dial(r.Address(), os.Getpid()+1); err == nil || !strings.Contains(err.Error(), "not the expected pid") {
+		t.Fatalf("dial with the wrong pid: %v, want a refusal", err)
+	}
+}
+
+// TestReceiverRefusesNonSocket: a descriptor that is not a connection ends
+// the channel with an error, and Accept returns nothing for it.
+func TestReceiverRefusesNonSocket(t *testing.T) {
+	var mu sync.Mutex
+	var errs []error
+	r, err := Listen(func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: r.Address(), Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	if _, _, err := c.WriteMsgUnix([]byte{1}, unix.UnixRights(int(pr.Fd())), nil); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the receiver acknowledged a pipe")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "passed descriptor") {
+		t.Fatalf("receiver errors %v, want one about the passed descriptor", errs)
+	}
+}

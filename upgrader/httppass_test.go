@@ -1,0 +1,379 @@
+//go:build linux
+
+package upgrader
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gohandoff/handoff/internal/connpass"
+)
+
+// passPair is two generations of an HTTPServer in this process: old passes
+// its connections to new's receiver when it drains.
+type passPair struct {
+	oldLn, newLn net.Listener
+	oldP, newP   *pool
+	oldS, newS   *HTTPServer
+	release      chan struct{} // closed to let old's slow requests finish
+}
+
+func startPassPair(t *testing.T, newReceives bool) *passPair {
+	t.Helper()
+	pp := &passPair{release: make(chan struct{})}
+	var addr string
+	mk := func(name string) (*HTTPServer, net.Listener) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &HTTPServer{Server: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/slow" {
+				<-pp.release
+			}
+			io.WriteString(w, name)
+		})}}, ln
+	}
+	pp.newS, pp.newLn = mk("new")
+	pp.newP = newPool(1, pp.newS.Worker, []net.Listener{pp.newLn}, nil, discardLogger(), nil)
+	if newReceives {
+		pp.newP.pass = &connPassing{publish: func(a string) { addr = a }, successor: func() (string, int) { return "", 0 }}
+	}
+	pp.newP.start()
+	<-pp.newP.readyC
+	pp.oldS, pp.oldLn = mk("old")
+	pp.oldP = newPool(1, pp.oldS.Worker, []net.Listener{pp.oldLn}, nil, discardLogger(), nil)
+	pp.oldP.pass = &connPassing{publish: func(string) {}, successor: func() (string, int) { return addr, os.Getpid() }}
+	pp.oldP.start()
+	<-pp.oldP.readyC
+	t.Cleanup(func() {
+		select {
+		case <-pp.release:
+		default:
+			close(pp.release)
+		}
+		pp.oldP.drain(context.Background())
+		pp.newP.drain(context.Background())
+	})
+	return pp
+}
+
+// getOn sends a GET on c and returns the response's body and whether it
+// closes the connection.
+func getOn(t *testing.T, c net.Conn, br *bufio.Reader, path string) (string, bool) {
+	t.Helper()
+	if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("read response: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return string(b), resp.Close
+}
+
+func dialKeepAlive(t *testing.T, ln net.Listener) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	return c, bufio.NewReader(c)
+}
+
+// TestHTTPDrainPassesIdleConns: a keep-alive connection waiting for its
+// next request when its generation drains is handed to the next one,
+// which answers that next request on the same connection; the client
+// never sees a close.
+func TestHTTPDrainPassesIdleConns(t *testing.T) {
+	pp := startPassPair(t, true)
+	c, br := dialKeepAlive(t, pp.oldLn)
+	if body, closes := getOn(t, c, br, "/"); body != "old" || closes {
+		t.Fatalf("before the drain: %q close=%v, want old and kept open", body, closes)
+	}
+	if err := pp.oldP.drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := pp.oldS.passed.Load(); n != 1 {
+		t.Errorf("old generation passed %d connections, want 1", n)
+	}
+	for range 3 {
+		if body, closes := getOn(t, c, br, "/"); body != "new" || closes {
+			t.Fatalf("after the drain: %q close=%v, want new on the same connection, kept open", body, closes)
+		}
+	}
+}
+
+// TestHTTPDrainPassesConnAfterItsRequest: a request in flight when the
+// drain begins is answered by the old generation without Connection:
+// close, and its connection then serves the next request from the new.
+func TestHTTPDrainPassesConnAfterItsRequest(t *testing.T) {
+	pp := startPassPair(t, true)
+	c, br := dialKeepAlive(t, pp.oldLn)
+	if _, err := io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitConnState(t, pp.oldS, http.StateActive)
+	drained := make(chan error, 1)
+	go func() { drained <- pp.oldP.drain(context.Background()) }()
+	waitDraining(t, pp.oldS)
+	close(pp.release)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "old" || resp.Close {
+		t.Fatalf("request in flight: %q close=%v, want old's answer, the connection kept open", b, resp.Close)
+	}
+	if err := <-drained; err != nil {
+		t.Fatal(err)
+	}
+	if body, closes := getOn(t, c, br, "/"); body != "new" || closes {
+		t.Fatalf("next request: %q close=%v, want new, kept open", body, closes)
+	}
+}
+
+// TestHTTPDrainWithoutReceiverClosesAsBefore: with no receiver in the new
+// generation the drain is what it was: a request on an idle connection
+// during the drain is answered with Connection: close, and nothing moves.
+func TestHTTPDrainWithoutReceiverClosesAsBefore(t *testing.T) {
+	pp := startPassPair(t, false)
+	c, br := dialKeepAlive(t, pp.oldLn)
+	if body, closes := getOn(t, c, br, "/"); body != "old" || closes {
+		t.Fatalf("before the drain: %q close=%v", body, closes)
+	}
+	drained := make(chan error, 1)
+	go func() { drained <- pp.oldP.drain(context.Background()) }()
+	waitDraining(t, pp.oldS)
+	if body, closes := getOn(t, c, br, "/"); body != "old" || !closes {
+		t.Errorf("during the drain: %q close=%v, want old's answer with Connection: close", body, closes)
+	}
+	if err := <-drained; err != nil {
+		t.Fatal(err)
+	}
+	if n := pp.oldS.passed.Load(); n != 0 {
+		t.Errorf("passed %d connections with no receiver", n)
+	}
+}
+
+// waitConnState waits until s tracks a connection in state st.
+func waitConnState(t *testing.T, s *HTTPServer, st http.ConnState) {
+	t.Helper()
+	end := time.Now().Add(10 * time.Second)
+	for {
+		s.mu.Lock()
+		found := false
+		for _, ci := range s.conns {
+			found = found || ci.state == st
+		}
+		s.mu.Unlock()
+		if found {
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("no connection %s", st)
+		}
+		time.Sleep(time.Millisecond) // polling the server's table, bounded
+	}
+}
+
+// waitDraining waits until s's drain has begun.
+func waitDraining(t *testing.T, s *HTTPServer) {
+	t.Helper()
+	select {
+	case <-s.drainC:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the drain never began")
+	}
+}
+
+// interruptConn is a connection whose Read blocks until a read deadline in
+// the past is set, then returns what then says: the interleavings of
+// handOver, driven one by one.
+type interruptConn struct {
+	net.Conn
+	mu        sync.Mutex
+	deadlines []time.Time
+	interrupt chan struct{} // closed by a deadline in the past
+	then      []readResult  // what each Read returns once interrupted
+	reads     int
+}
+
+type readResult struct {
+	data string
+	err  error
+}
+
+func newInterruptConn(then ...readResult) *interruptConn {
+	return &interruptConn{interrupt: make(chan struct{}), then: then}
+}
+
+func (c *interruptConn) Read(b []byte) (int, error) {
+	<-c.interrupt
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.then[min(c.reads, len(c.then)-1)]
+	c.reads++
+	return copy(b, r.data), r.err
+}
+
+func (c *interruptConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deadlines = append(c.deadlines, t)
+	if t.Equal(aLongTimeAgo) {
+		select {
+		case <-c.interrupt:
+		default:
+			close(c.interrupt)
+		}
+	}
+	return nil
+}
+
+func (c *interruptConn) SyscallConn() (syscall.RawConn, error) { return nil, errors.New("no socket") }
+
+// idleTracked is a trackedConn over ic as net/http leaves an idle
+// connection: its idle deadline set, its first read since then in
+// progress with the whole buffer. The read's result arrives on the
+// returned channel.
+func idleTracked(t *testing.T, ic *interruptConn, size int) (*trackedConn, <-chan readResult) {
+	t.Helper()
+	c := &trackedConn{Conn: ic, plain: true}
+	c.waiting()
+	idleDeadline := time.Now().Add(time.Minute)
+	c.SetReadDeadline(idleDeadline)
+	out := make(chan readResult, 1)
+	go func() {
+		b := make([]byte, size)
+		n, err := c.Read(b)
+		out <- readResult{string(b[:n]), err}
+	}()
+	end := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		in := c.inRead
+		c.mu.Unlock()
+		if in {
+			return c, out
+		}
+		if time.Now().After(end) {
+			t.Fatal("the read never began")
+		}
+		time.Sleep(time.Millisecond) // the reader goroutine starting, bounded
+	}
+}
+
+// TestHandOverInterleavings: a connection moves only when its read was
+// interrupted with nothing read; a byte that came first keeps it here,
+// with net/http's own deadline back; a failed send keeps it, and its read
+// goes on.
+func TestHandOverInterleavings(t *testing.T) {
+	timeout := readResult{err: os.ErrDeadlineExceeded}
+	sendOK := func(syscall.Conn) error { return nil }
+	t.Run("moved", func(t *testing.T) {
+		ic := newInterruptConn(timeout)
+		c, out := idleTracked(t, ic, netHTTPReadBuf)
+		gone, err := c.handOver(sendOK)
+		if !gone || err != nil {
+			t.Fatalf("handOver = %v, %v; want moved", gone, err)
+		}
+		if r := <-out; r.err != io.EOF || r.data != "" {
+			t.Fatalf("net/http's read got %q, %v; want EOF, so that it closes its copy", r.data, r.err)
+		}
+		if n, err := c.Read(make([]byte, netHTTPReadBuf)); n != 0 || err != io.EOF {
+			t.Errorf("a read after the move: %d, %v; want EOF", n, err)
+		}
+	})
+	t.Run("a byte came first", func(t *testing.T) {
+		ic := newInterruptConn(readResult{data: "G"})
+		c, out := idleTracked(t, ic, netHTTPReadBuf)
+		sent := false
+		gone, err := c.handOver(func(syscall.Conn) error { sent = true; return nil })
+		if gone || err != nil || sent {
+			t.Fatalf("handOver = %v, %v, sent %v; want the connection kept, nothing sent", gone, err, sent)
+		}
+		if r := <-out; r.data != "G" || r.err != nil {
+			t.Fatalf("net/http's read got %q, %v; want the byte", r.data, r.err)
+		}
+		ic.mu.Lock()
+		last := ic.deadlines[len(ic.deadlines)-1]
+		ic.mu.Unlock()
+		if last.Equal(aLongTimeAgo) || last.IsZero() {
+			t.Errorf("read deadline left at %v, want net/http's idle deadline back", last)
+		}
+	})
+	t.Run("send failed", func(t *testing.T) {
+		ic := newInterruptConn(timeout, readResult{data: "GET"})
+		c, out := idleTracked(t, ic, netHTTPReadBuf)
+		gone, err := c.handOver(func(syscall.Conn) error { return errors.New("receiver gone") })
+		if gone || err == nil {
+			t.Fatalf("handOver = %v, %v; want kept, with the error", gone, err)
+		}
+		if r := <-out; r.data != "GET" || r.err != nil {
+			t.Fatalf("net/http's read got %q, %v; want the read to go on and get the request", r.data, r.err)
+		}
+	})
+	t.Run("unconfirmed counts as gone", func(t *testing.T) {
+		ic := newInterruptConn(timeout)
+		c, out := idleTracked(t, ic, netHTTPReadBuf)
+		gone, _ := c.handOver(func(syscall.Conn) error { return fmt.Errorf("%w: timeout", connpass.ErrUnconfirmed) })
+		if !gone {
+			t.Fatal("a descriptor that left unconfirmed was kept: two processes would serve it")
+		}
+		if r := <-out; r.err != io.EOF {
+			t.Fatalf("net/http's read got %v, want EOF", r.err)
+		}
+	})
+	t.Run("read ahead", func(t *testing.T) {
+		// A read for less than the whole buffer: net/http holds bytes.
+		ic := newInterruptConn(readResult{data: "T"})
+		c, out := idleTracked(t, ic, netHTTPReadBuf-1)
+		if gone, _ := c.handOver(sendOK); gone {
+			t.Fatal("moved a connection whose reader holds bytes read ahead")
+		}
+		ic.SetReadDeadline(aLongTimeAgo) // let the read end
+		<-out
+	})
+}
+
+// TestHTTPDrainHandOverHookKeeps: a connection the HandOver hook refuses
+// stays and drains as one that cannot move.
+func TestHTTPDrainHandOverHookKeeps(t *testing.T) {
+	pp := startPassPair(t, true)
+	asked := make(chan net.Conn, 100)
+	pp.oldS.HandOver = func(c net.Conn) bool { asked <- c; return false }
+	pp.oldS.IdleGrace = time.Millisecond
+	c, br := dialKeepAlive(t, pp.oldLn)
+	if body, _ := getOn(t, c, br, "/"); body != "old" {
+		t.Fatalf("before the drain: %q", body)
+	}
+	if err := pp.oldP.drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(asked) == 0 {
+		t.Error("the hook was never asked")
+	}
+	if n := pp.oldS.passed.Load(); n != 0 {
+		t.Errorf("passed %d connections the hook refused", n)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("the refused connection after the drain: %v, want closed by the old generation", err)
+	}
+}
