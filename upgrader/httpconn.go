@@ -16,6 +16,10 @@ import (
 type trackedListener struct {
 	net.Listener
 	plain bool // not TLS: net/http reads the connection itself
+	// inbound: the connections come from the previous generation
+	// (httppass.go), idle; idle is the server's idle timeout.
+	inbound bool
+	idle    time.Duration
 }
 
 func (l trackedListener) Accept() (net.Conn, error) {
@@ -23,7 +27,7 @@ func (l trackedListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &trackedConn{Conn: c, plain: l.plain}, nil
+	return &trackedConn{Conn: c, plain: l.plain, inbound: l.inbound, idle: l.idle, awaitFirst: l.inbound}, nil
 }
 
 // netHTTPReadBuf is the size of the buffered reader net/http reads a
@@ -62,6 +66,15 @@ type trackedConn struct {
 	moving   bool      // handOver interrupted the Read to move the connection
 	parked   bool      // the Read returned nothing and waits for the move's outcome
 	moved    bool      // the connection is the next generation's now
+
+	// A connection taken over from the previous generation was idle
+	// there: until its first byte it waits under the server's idle
+	// timeout, as an idle one does, not under the header timeout that
+	// net/http gives a new connection at once (acceptedDeadlineLocked).
+	inbound    bool
+	idle       time.Duration
+	awaitFirst bool
+	headerFor  time.Duration // the header timeout net/http asked, from the first byte
 }
 
 // waiting marks the connection New or Idle: no request has begun yet.
@@ -89,6 +102,13 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 			c.started.Store(true)
 		}
 		c.mu.Lock()
+		if n > 0 && c.awaitFirst {
+			c.awaitFirst = false
+			if c.headerFor > 0 {
+				c.deadline = time.Now().Add(c.headerFor)
+				c.Conn.SetReadDeadline(c.deadline)
+			}
+		}
 		if !c.moving {
 			c.inRead, c.readFull = false, false
 			c.mu.Unlock()
@@ -132,9 +152,25 @@ func (c *trackedConn) SetReadDeadline(t time.Time) error {
 		c.started.Store(true)
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.awaitFirst {
+		t = c.acceptedDeadlineLocked(t)
+	}
 	c.deadline = t
-	c.mu.Unlock()
 	return c.Conn.SetReadDeadline(t)
+}
+
+// acceptedDeadlineLocked turns the header deadline net/http sets on a
+// connection taken over into the idle deadline until the first byte.
+func (c *trackedConn) acceptedDeadlineLocked(t time.Time) time.Time {
+	c.headerFor = 0
+	if !t.IsZero() {
+		c.headerFor = max(time.Until(t), time.Nanosecond)
+	}
+	if c.idle <= 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(c.idle)
 }
 
 // SyscallConn reaches the socket, for pendingInput.

@@ -125,7 +125,11 @@ func (s *HTTPServer) setupPassing(w *Worker) {
 	s.serving.Add(1)
 	go func() {
 		defer s.serving.Done()
-		s.Server.Serve(trackedListener{Listener: recv, plain: true})
+		idle := s.Server.IdleTimeout
+		if idle <= 0 {
+			idle = s.Server.ReadTimeout // net/http's own fallback
+		}
+		s.Server.Serve(trackedListener{Listener: recv, plain: true, inbound: true, idle: idle})
 	}()
 	go func() {
 		<-s.drainC

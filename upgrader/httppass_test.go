@@ -377,3 +377,45 @@ func TestHTTPDrainHandOverHookKeeps(t *testing.T) {
 		t.Errorf("the refused connection after the drain: %v, want closed by the old generation", err)
 	}
 }
+
+// deadlineConn records its read deadlines; its reads return one byte.
+type deadlineConn struct {
+	net.Conn
+	deadlines []time.Time
+}
+
+func (c *deadlineConn) SetReadDeadline(t time.Time) error {
+	c.deadlines = append(c.deadlines, t)
+	return nil
+}
+
+func (c *deadlineConn) Read(b []byte) (int, error) { return copy(b, "G"), nil }
+
+// TestInboundConnWaitsAsIdle: a connection taken over from the previous
+// generation was idle there, so until its first byte it waits under the
+// server's idle timeout (none here), not under the header timeout net/http
+// sets on a new connection at once; the header timeout runs from the
+// first byte.
+func TestInboundConnWaitsAsIdle(t *testing.T) {
+	for _, idle := range []time.Duration{0, time.Hour} {
+		dc := &deadlineConn{}
+		c := &trackedConn{Conn: dc, plain: true, inbound: true, idle: idle, awaitFirst: true}
+		c.waiting()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second)) // net/http's ReadHeaderTimeout
+		got := dc.deadlines[0]
+		if idle == 0 && !got.IsZero() || idle > 0 && time.Until(got) < idle-time.Minute {
+			t.Fatalf("idle timeout %v: deadline before the first byte in %v, want the idle timeout", idle, time.Until(got))
+		}
+		c.Read(make([]byte, netHTTPReadBuf))
+		if len(dc.deadlines) != 2 {
+			t.Fatalf("deadlines %v: the header timeout was not set at the first byte", dc.deadlines)
+		}
+		if d := time.Until(dc.deadlines[1]); d <= 0 || d > 10*time.Second {
+			t.Errorf("header deadline in %v after the first byte, want about 10s", d)
+		}
+		c.SetReadDeadline(time.Time{}) // later ones pass through
+		if !dc.deadlines[2].IsZero() {
+			t.Error("a deadline after the first byte was changed")
+		}
+	}
+}
