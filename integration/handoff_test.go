@@ -179,65 +179,71 @@ func TestFailedUpgradeKeepsServing(t *testing.T) {
 }
 
 // TestKeepAliveConnsCrossUpgrades: 200 keep-alive clients through five
-// upgrades open 200 connections in all, with no failure: every idle
-// connection moves to the new generation, which answers its next request,
-// and no client sees a close.
+// upgrades open 200 connections in all, with no failure, in both worker
+// modes: every idle connection moves to the new generation (in process
+// mode from the old workers to the new ones), which answers its next
+// request, and no client sees a close.
 func TestKeepAliveConnsCrossUpgrades(t *testing.T) {
-	s := startHello(t, helloV1)
-	var completed atomic.Int64
-	done := make(chan struct{})
-	results := startLoad(t, s, true, 20000, done, &completed)
-	waitCount(t, &completed, 1000)
-	for i := range 5 {
-		gen := i + 2
-		from := s.log.len()
-		if err := syscall.Kill(s.pid(), syscall.SIGHUP); err != nil {
-			t.Fatal(err)
+	forEachMode(t, func(t *testing.T, m workerMode) {
+		s := startHello(t, helloV1, m.args...)
+		var completed atomic.Int64
+		done := make(chan struct{})
+		results := startLoad(t, s, true, 20000, done, &completed)
+		waitCount(t, &completed, 1000)
+		for i := range 5 {
+			gen := i + 2
+			from := s.log.len()
+			if err := syscall.Kill(s.pid(), syscall.SIGHUP); err != nil {
+				t.Fatal(err)
+			}
+			s.log.waitFor(t, from, "msg=ready", fmt.Sprintf("generation=%d", gen))
+			s.log.waitFor(t, from, "previous generation exited")
+			waitCount(t, &completed, completed.Load()+2000)
 		}
-		s.log.waitFor(t, from, "msg=ready", fmt.Sprintf("generation=%d", gen))
-		s.log.waitFor(t, from, "previous generation exited")
-		waitCount(t, &completed, completed.Load()+2000)
-	}
-	close(done)
-	res := <-results
-	checkLoad(t, res)
-	if res.Dials != 200 {
-		t.Errorf("clients dialled %d times through 5 upgrades, want 200: one connection each", res.Dials)
-	}
-	if n := strings.Count(s.log.String(), "connections handed over to the new generation"); n == 0 {
-		t.Error("no generation logged connections handed over")
-	}
+		close(done)
+		res := <-results
+		checkLoad(t, res)
+		if res.Dials != 200 {
+			t.Errorf("clients dialled %d times through 5 upgrades, want 200: one connection each", res.Dials)
+		}
+		if n := strings.Count(s.log.String(), "connections handed over to the new generation"); n == 0 {
+			t.Error("no generation logged connections handed over")
+		}
+	})
 }
 
 // TestIdleRaceThroughUpgrades is the keep-alive race: clients that think
 // from 0 to 1.5 s between POSTs (past the drain's idle grace of 1 s) keep
-// their connections through ten upgrades with no failure, as no idle
-// connection is closed under a request: each moves to the new generation.
+// their connections through ten upgrades with no failure, in both worker
+// modes, as no idle connection is closed under a request: each moves to
+// the new generation.
 func TestIdleRaceThroughUpgrades(t *testing.T) {
-	s := startHello(t, helloV1)
-	var completed atomic.Int64
-	done := make(chan struct{})
-	results := make(chan load.Result, 1)
-	go func() {
-		results <- load.Run(context.Background(), load.Config{
-			Addr: s.addr, Concurrency: 100, Requests: 1, Until: done,
-			MaxDuration: time.Until(deadline(t)), KeepAlive: true, PostEvery: 1,
-			Think: 1500 * time.Millisecond, Completed: &completed,
-		})
-	}()
-	waitCount(t, &completed, 100)
-	for i := range 10 {
-		from := s.log.len()
-		if err := syscall.Kill(s.pid(), syscall.SIGHUP); err != nil {
-			t.Fatal(err)
+	forEachMode(t, func(t *testing.T, m workerMode) {
+		s := startHello(t, helloV1, m.args...)
+		var completed atomic.Int64
+		done := make(chan struct{})
+		results := make(chan load.Result, 1)
+		go func() {
+			results <- load.Run(context.Background(), load.Config{
+				Addr: s.addr, Concurrency: 100, Requests: 1, Until: done,
+				MaxDuration: time.Until(deadline(t)), KeepAlive: true, PostEvery: 1,
+				Think: 1500 * time.Millisecond, Completed: &completed,
+			})
+		}()
+		waitCount(t, &completed, 100)
+		for i := range 10 {
+			from := s.log.len()
+			if err := syscall.Kill(s.pid(), syscall.SIGHUP); err != nil {
+				t.Fatal(err)
+			}
+			s.log.waitFor(t, from, "msg=ready", fmt.Sprintf("generation=%d", i+2))
+			waitCount(t, &completed, completed.Load()+30)
 		}
-		s.log.waitFor(t, from, "msg=ready", fmt.Sprintf("generation=%d", i+2))
-		waitCount(t, &completed, completed.Load()+30)
-	}
-	close(done)
-	res := <-results
-	checkLoad(t, res)
-	if res.Dials != 100 {
-		t.Errorf("clients dialled %d times through 10 upgrades, want 100", res.Dials)
-	}
+		close(done)
+		res := <-results
+		checkLoad(t, res)
+		if res.Dials != 100 {
+			t.Errorf("clients dialled %d times through 10 upgrades, want 100", res.Dials)
+		}
+	})
 }

@@ -65,7 +65,7 @@ type HTTPServer struct {
 
 	// Passing connections to the next generation (httppass.go).
 	recv       *connpass.Receiver
-	passTo     func() *connpass.Sender // dials the next generation once, nil if none
+	passTo     func() *senders // dials the next generation once, nil if none
 	passFailed atomic.Bool
 	noPass     string // why connections drain here, if known
 	passed     atomic.Int64

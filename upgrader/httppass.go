@@ -2,8 +2,12 @@ package upgrader
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -33,13 +37,59 @@ import (
 // so HTTP/2) connections, process workers, no receiver in the new
 // generation, or a channel that failed.
 
-// connPassing links a goroutine pool's HTTPServers to the Upgrader.
+// connPassing links a pool's HTTPServers to the generation they serve: in
+// goroutine mode the Upgrader, in a worker process its worker side.
 type connPassing struct {
-	// publish records this generation's receiver address.
+	// addr is where this generation's receiver listens; "" for a fresh
+	// address, which publish then records.
+	addr    string
 	publish func(addr string)
-	// successor returns the serving generation's receiver address and
-	// pid, or "" if it is this generation or has none.
-	successor func() (addr string, pid int)
+	// successor returns the receivers of the generation serving after
+	// this one, none if it is this one or has none.
+	successor func() []connTarget
+}
+
+// connTarget is a receiver of the next generation, and its process.
+type connTarget struct {
+	addr string
+	pid  int
+}
+
+// senders are a draining server's channels to the next generation's
+// receivers, used in turn so that worker processes share the load.
+type senders struct {
+	mu   sync.Mutex
+	snds []*connpass.Sender
+	next int
+}
+
+// pick returns the next channel, or nil if none is left.
+func (ss *senders) pick() *connpass.Sender {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if len(ss.snds) == 0 {
+		return nil
+	}
+	ss.next = (ss.next + 1) % len(ss.snds)
+	return ss.snds[ss.next]
+}
+
+// drop closes a channel that failed and reports how many are left.
+func (ss *senders) drop(snd *connpass.Sender) int {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	snd.Close()
+	ss.snds = slices.DeleteFunc(ss.snds, func(s *connpass.Sender) bool { return s == snd })
+	return len(ss.snds)
+}
+
+func (ss *senders) close() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for _, snd := range ss.snds {
+		snd.Close()
+	}
+	ss.snds = nil
 }
 
 // aLongTimeAgo interrupts a read at once.
@@ -80,10 +130,10 @@ func (c *trackedConn) handOver(send func(syscall.Conn) error) (gone bool, err er
 }
 
 // setupPassing, on a pool that passes connections, starts this server's
-// receiver (stopped at the drain) and prepares its sender for the drain.
+// receiver (stopped at the drain) and prepares its senders for the drain.
 // It runs once, in setup.
 func (s *HTTPServer) setupPassing(w *Worker) {
-	s.passTo = func() *connpass.Sender { return nil }
+	s.passTo = func() *senders { return nil }
 	pass := w.pool.pass
 	switch {
 	case !connpass.Supported:
@@ -93,27 +143,33 @@ func (s *HTTPServer) setupPassing(w *Worker) {
 	case s.tls:
 		s.noPass = "TLS connections are not handed over"
 	case pass == nil && w.pool.procID >= 0:
-		s.noPass = "connections of worker processes are not handed over"
+		s.noPass = "this worker process's master hands no connections over"
 	}
 	if pass == nil || s.noPass != "" {
-		return
+		return // one that hands none over takes none over either
 	}
-	// One that hands none over publishes no receiver either.
-	s.passTo = sync.OnceValue(func() *connpass.Sender {
-		addr, pid := pass.successor()
-		if addr == "" {
+	s.passTo = sync.OnceValue(func() *senders {
+		targets := pass.successor()
+		if len(targets) == 0 {
 			s.noPass = "no successor takes connections (a final stop, or a new generation without an HTTPServer)"
 			return nil
 		}
-		snd, err := connpass.Dial(addr, pid)
-		if err != nil {
-			s.noPass = "the new generation's receiver cannot be reached"
-			w.Logger.Warn("cannot hand connections over to the new generation: they drain here", "new_pid", pid, "err", err)
+		ss := &senders{}
+		for _, t := range targets {
+			snd, err := connpass.Dial(t.addr, t.pid)
+			if err != nil {
+				w.Logger.Warn("cannot hand connections over to a process of the new generation", "new_pid", t.pid, "err", err)
+				continue
+			}
+			ss.snds = append(ss.snds, snd)
+		}
+		if len(ss.snds) == 0 {
+			s.noPass = "the new generation's receivers cannot be reached"
 			return nil
 		}
-		return snd
+		return ss
 	})
-	recv, err := connpass.Listen(func(err error) {
+	recv, err := connpass.Listen(pass.addr, func(err error) {
 		w.Logger.Warn("connections from the previous generation refused", "err", err)
 	})
 	if err != nil {
@@ -121,7 +177,9 @@ func (s *HTTPServer) setupPassing(w *Worker) {
 		return
 	}
 	s.recv = recv
-	pass.publish(recv.Address())
+	if pass.publish != nil {
+		pass.publish(recv.Address())
+	}
 	s.serving.Add(1)
 	go func() {
 		defer s.serving.Done()
@@ -149,7 +207,7 @@ func (s *HTTPServer) passIdle(w *Worker) {
 	if !s.passing() {
 		return
 	}
-	snd := s.passTo()
+	ss := s.passTo()
 	s.mu.Lock()
 	var idle []*trackedConn
 	for c, ci := range s.conns {
@@ -164,16 +222,23 @@ func (s *HTTPServer) passIdle(w *Worker) {
 		if s.HandOver != nil && !s.HandOver(t) {
 			continue
 		}
+		snd := ss.pick()
+		if snd == nil {
+			return
+		}
 		gone, err := t.handOver(snd.Send)
 		if gone {
 			s.passed.Add(1)
 			w.pool.addPassed(1)
 		}
 		if err != nil {
-			s.passFailed.Store(true)
-			snd.Close()
-			w.Logger.Warn("handing connections over to the new generation failed: the rest drain here", "passed", s.passed.Load(), "err", err)
-			return
+			left := ss.drop(snd)
+			w.Logger.Warn("handing a connection over to the new generation failed", "passed", s.passed.Load(), "channels_left", left, "err", err)
+			if left == 0 {
+				s.passFailed.Store(true)
+				w.Logger.Warn("no channel to the new generation left: the other connections drain here")
+				return
+			}
 		}
 	}
 }
@@ -192,8 +257,8 @@ func (s *HTTPServer) logPassed(w *Worker, start time.Time) {
 	if n := s.passed.Load(); n > 0 {
 		w.Logger.Info("connections handed over to the new generation", "passed", n, "duration", time.Since(start).Round(time.Millisecond))
 	}
-	if snd := s.passTo(); snd != nil && !s.passFailed.Load() {
-		snd.Close()
+	if ss := s.passTo(); ss != nil {
+		ss.close()
 	}
 }
 
@@ -207,13 +272,54 @@ func (u *Upgrader) publishConns(addr string) {
 
 // successorConns returns where the serving generation receives
 // connections, if that is another generation than this one.
-func (u *Upgrader) successorConns() (string, int) {
+func (u *Upgrader) successorConns() []connTarget {
 	if u.state == nil {
-		return "", 0
+		return nil
 	}
 	st, err := u.state.read()
 	if err != nil || st.PID == os.Getpid() || st.Conns == "" {
-		return "", 0
+		return nil
 	}
-	return st.Conns, st.PID
+	return []connTarget{{addr: st.Conns, pid: st.PID}}
+}
+
+// connsPrefix begins the addresses the worker processes of this service
+// receive connections on, "" where connections do not move.
+func (u *Upgrader) connsPrefix() string {
+	if !connpass.Supported || u.state == nil {
+		return ""
+	}
+	id := u.state.id()
+	if id == "" {
+		return ""
+	}
+	return "@handoff-conns-" + id
+}
+
+// workerConnPassing is a worker process's link to its generation's
+// passing: it receives on PREFIX-gGEN-PID and, at its drain, hands its
+// connections to the workers of the next generation, in turn.
+func (u *Upgrader) workerConnPassing() *connPassing {
+	prefix := u.worker.conns
+	if prefix == "" || !connpass.Supported {
+		return nil
+	}
+	return &connPassing{
+		addr: fmt.Sprintf("%s-g%d-%d", prefix, u.gen, os.Getpid()),
+		successor: func() []connTarget {
+			next := fmt.Sprintf("%s-g%d-", prefix, u.gen+1)
+			addrs, err := connpass.Lookup(next)
+			if err != nil {
+				u.log.Warn("cannot find the new generation's workers to hand connections over to", "err", err)
+				return nil
+			}
+			var ts []connTarget
+			for _, a := range addrs {
+				if pid, err := strconv.Atoi(strings.TrimPrefix(a, next)); err == nil {
+					ts = append(ts, connTarget{addr: a, pid: pid})
+				}
+			}
+			return ts
+		},
+	}
 }

@@ -47,13 +47,18 @@ func startPassPair(t *testing.T, newReceives bool) *passPair {
 	pp.newS, pp.newLn = mk("new")
 	pp.newP = newPool(1, pp.newS.Worker, []net.Listener{pp.newLn}, nil, discardLogger(), nil)
 	if newReceives {
-		pp.newP.pass = &connPassing{publish: func(a string) { addr = a }, successor: func() (string, int) { return "", 0 }}
+		pp.newP.pass = &connPassing{publish: func(a string) { addr = a }, successor: func() []connTarget { return nil }}
 	}
 	pp.newP.start()
 	<-pp.newP.readyC
 	pp.oldS, pp.oldLn = mk("old")
 	pp.oldP = newPool(1, pp.oldS.Worker, []net.Listener{pp.oldLn}, nil, discardLogger(), nil)
-	pp.oldP.pass = &connPassing{publish: func(string) {}, successor: func() (string, int) { return addr, os.Getpid() }}
+	pp.oldP.pass = &connPassing{publish: func(string) {}, successor: func() []connTarget {
+		if addr == "" {
+			return nil
+		}
+		return []connTarget{{addr: addr, pid: os.Getpid()}}
+	}}
 	pp.oldP.start()
 	<-pp.oldP.readyC
 	t.Cleanup(func() {

@@ -18,6 +18,12 @@ import (
 // worker starts inherits it.
 const workerEnv = "HANDOFF_WORKER_R4Y8"
 
+// connsEnv gives a worker process the prefix of the addresses its
+// generation's workers receive connections on (httppass.go). A separate
+// variable: a worker of a rolled-back build, which knows only workerEnv,
+// ignores it.
+const connsEnv = "HANDOFF_CONNS_R4Y8"
+
 // listenPIDWrapper runs a worker through /bin/sh so that LISTEN_PID, which
 // the socket-activation convention says must be the worker's own pid, is
 // set to the pid the worker will have: exec keeps the shell's pid, and
@@ -28,7 +34,7 @@ const listenPIDWrapper = `LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"`
 // not see: tableflip's parent marker, systemd's socket activation and
 // notification variables meant for the master, and the worker marker.
 var masterOnlyEnv = []string{
-	tableflipParentEnv, workerEnv, steerHeldEnv,
+	tableflipParentEnv, workerEnv, connsEnv, steerHeldEnv,
 	"LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID",
 	"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
 }
@@ -62,6 +68,7 @@ type procSpec struct {
 	prev   *os.File
 	rolled atomic.Pointer[string]
 	gen    int
+	conns  string     // connsEnv's value, "" for none
 	files  []*os.File // the sockets, passed as fds 3, 4, ...
 	names  []string
 	// stderr is the service's real stderr: never the relay pipe of an
@@ -73,7 +80,7 @@ type procSpec struct {
 
 // newProcSpecLocked expects u.mu held.
 func newProcSpecLocked(u *Upgrader) (*procSpec, error) {
-	spec := &procSpec{argv: u.opts.WorkerCommand, gen: u.gen, stderr: u.serviceStderr()}
+	spec := &procSpec{argv: u.opts.WorkerCommand, gen: u.gen, stderr: u.serviceStderr(), conns: u.connsPrefix()}
 	if len(spec.argv) == 0 {
 		exe, err := selfExecutable()
 		if err != nil {
@@ -171,6 +178,9 @@ func (s *procSpec) command(id int, notifyPath string, stdin *os.File) *exec.Cmd 
 	}
 	if s.self {
 		env = append(env, fmt.Sprintf("%s=%d:%d", workerEnv, id, s.gen))
+		if s.conns != "" {
+			env = append(env, connsEnv+"="+s.conns)
+		}
 	}
 	cmd.Env = env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, os.Stdout, s.stderr

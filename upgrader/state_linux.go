@@ -1,6 +1,7 @@
 package upgrader
 
 import (
+	"fmt"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -18,4 +19,14 @@ func createStateFile() (*os.File, error) {
 		return tempStateFile()
 	}
 	return os.NewFile(uintptr(fd), "handoff-state"), nil
+}
+
+// id names the service the state file belongs to: every generation holds
+// the same file, so its device and inode.
+func (s *stateFile) id() string {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(s.f.Fd()), &st); err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%x-%x", st.Dev, st.Ino)
 }

@@ -32,6 +32,9 @@ type workerSide struct {
 	// generation is ready, so this worker may accept (see gatedListener).
 	gate     chan struct{}
 	gateOnce sync.Once
+	// conns is the prefix of the receivers' addresses of this service's
+	// worker processes (connsEnv), "" if they hand over no connections.
+	conns string
 }
 
 // gateOpen is the byte a master writes on a worker's lifeline once its
@@ -67,6 +70,8 @@ func takeWorkerRole() (*workerSide, int, error) {
 	}
 	w.notify = os.Getenv("NOTIFY_SOCKET")
 	os.Unsetenv("NOTIFY_SOCKET")
+	w.conns = os.Getenv(connsEnv)
+	os.Unsetenv(connsEnv)
 	lifeline, err := takeLifeline()
 	if err != nil {
 		return nil, 0, fmt.Errorf("upgrader: worker %d: %w", id, err)
@@ -153,6 +158,7 @@ func (u *Upgrader) serveWorker(ctx context.Context, fn WorkerFunc) error {
 	}
 	p := newPool(1, fn, u.lns, u.pcs, u.log, gate)
 	p.procID = w.id
+	p.pass = u.workerConnPassing()
 	u.mu.Lock()
 	u.pool = p
 	u.mu.Unlock()

@@ -20,6 +20,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -49,14 +51,17 @@ type Receiver struct {
 	closed bool
 }
 
-// Listen starts a receiver on a fresh abstract address. onErr, if not nil,
-// is told of channels refused or broken.
-func Listen(onErr func(error)) (*Receiver, error) {
-	var b [8]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return nil, fmt.Errorf("connpass: %w", err)
+// Listen starts a receiver on the abstract address addr ("@name"), or on
+// a fresh one if addr is empty. onErr, if not nil, is told of channels
+// refused or broken.
+func Listen(addr string, onErr func(error)) (*Receiver, error) {
+	if addr == "" {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, fmt.Errorf("connpass: %w", err)
+		}
+		addr = fmt.Sprintf("@handoff-conns-%d-%s", os.Getpid(), hex.EncodeToString(b[:]))
 	}
-	addr := fmt.Sprintf("@handoff-conns-%d-%s", os.Getpid(), hex.EncodeToString(b[:]))
 	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: addr, Net: "unixpacket"})
 	if err != nil {
 		return nil, fmt.Errorf("connpass: listen: %w", err)
@@ -223,6 +228,34 @@ func checkPeer(c *net.UnixConn, pid int) error {
 		return fmt.Errorf("connpass: the receiver is pid %d, not the expected pid %d", cred.Pid, pid)
 	}
 	return nil
+}
+
+// soAcceptCon is __SO_ACCEPTCON, the flag /proc/net/unix shows on a
+// listening socket.
+const soAcceptCon = 1 << 16
+
+// Lookup returns the abstract addresses of the receivers listening on this
+// host (in this network namespace) whose address begins with prefix.
+func Lookup(prefix string) ([]string, error) {
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		return nil, fmt.Errorf("connpass: %w", err)
+	}
+	var addrs []string
+	for _, line := range strings.Split(string(b), "\n") {
+		// Num RefCount Protocol Flags Type St Inode Path
+		f := strings.Fields(line)
+		if len(f) < 8 || !strings.HasPrefix(f[7], prefix) {
+			continue
+		}
+		flags, err1 := strconv.ParseUint(f[3], 16, 32)
+		typ, err2 := strconv.ParseUint(f[4], 16, 16)
+		if err1 != nil || err2 != nil || flags&soAcceptCon == 0 || typ != unix.SOCK_SEQPACKET {
+			continue // not a listening receiver (an accepted end shows the name too)
+		}
+		addrs = append(addrs, f[7])
+	}
+	return addrs, nil
 }
 
 // Sender passes connections to one receiver.

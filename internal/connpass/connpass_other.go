@@ -21,7 +21,10 @@ var ErrUnconfirmed = errors.New("connpass: passed, not acknowledged")
 type Receiver struct{}
 
 // Listen fails here.
-func Listen(func(error)) (*Receiver, error) { return nil, errUnsupported }
+func Listen(string, func(error)) (*Receiver, error) { return nil, errUnsupported }
+
+// Lookup fails here.
+func Lookup(string) ([]string, error) { return nil, errUnsupported }
 
 func (*Receiver) Address() string           { return "" }
 func (*Receiver) Addr() net.Addr            { return nil }

@@ -40,7 +40,7 @@ func tcpPair(t *testing.T) (client, server *net.TCPConn) {
 // the bytes the client sent before the pass still to read, and it
 // outlives the sender's copy.
 func TestPassKeepsTheConnection(t *testing.T) {
-	r, err := Listen(func(err error) { t.Errorf("receiver: %v", err) })
+	r, err := Listen("", func(err error) { t.Errorf("receiver: %v", err) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestPassKeepsTheConnection(t *testing.T) {
 // a Send fails without the descriptor leaving: the error does not say
 // unconfirmed, and the sender's copy still works.
 func TestSendToClosedReceiverLeavesTheConnection(t *testing.T) {
-	r, err := Listen(nil)
+	r, err := Listen("", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func TestSendToClosedReceiverLeavesTheConnection(t *testing.T) {
 // TestDialChecksThePID: a sender refuses a receiver that is not the
 // process it expects.
 func TestDialChecksThePID(t *testing.T) {
-	r, err := Listen(nil)
+	r, err := Listen("", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +133,7 @@ func TestDialChecksThePID(t *testing.T) {
 func TestReceiverRefusesNonSocket(t *testing.T) {
 	var mu sync.Mutex
 	var errs []error
-	r, err := Listen(func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() })
+	r, err := Listen("", func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() })
 	if err != nil {
 		t.Fatal(err)
 	}
