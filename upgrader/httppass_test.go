@@ -424,3 +424,80 @@ func TestInboundConnWaitsAsIdle(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPDrainReceiverGoneMidway: the new generation's receiver goes away
+// after it took one connection (the new generation died during the
+// hand-over): the send fails, that connection stays with the old
+// generation, the rest drain there, and every next request is answered.
+func TestHTTPDrainReceiverGoneMidway(t *testing.T) {
+	pp := startPassPair(t, true)
+	pp.oldS.IdleGrace = time.Minute // only the drain's own moves close anything
+	asked := 0
+	pp.oldS.HandOver = func(net.Conn) bool {
+		asked++
+		if asked == 2 {
+			pp.newS.recv.Close()
+		}
+		return true
+	}
+	type client struct {
+		c  net.Conn
+		br *bufio.Reader
+	}
+	var cs []client
+	for range 3 {
+		c, br := dialKeepAlive(t, pp.oldLn)
+		if body, _ := getOn(t, c, br, "/"); body != "old" {
+			t.Fatalf("before the drain: %q", body)
+		}
+		cs = append(cs, client{c, br})
+	}
+	waitIdle(t, pp.oldS, 3)
+	drained := make(chan error, 1)
+	go func() { drained <- pp.oldP.drain(context.Background()) }()
+	end := time.Now().Add(10 * time.Second)
+	for !pp.oldS.passFailed.Load() {
+		if time.Now().After(end) {
+			t.Fatal("the drain never saw the channel fail")
+		}
+		time.Sleep(time.Millisecond) // the drain's first round, bounded
+	}
+	if n := pp.oldS.passed.Load(); n != 1 {
+		t.Errorf("passed %d connections, want the 1 before the receiver went", n)
+	}
+	for i, c := range cs {
+		body, _ := getOn(t, c.c, c.br, "/")
+		if body != "old" && body != "new" {
+			t.Errorf("client %d after the failed hand-over: %q", i, body)
+		}
+	}
+	for _, c := range cs {
+		c.c.Close()
+	}
+	if err := <-drained; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitIdle waits until s tracks n idle connections.
+func waitIdle(t *testing.T, s *HTTPServer, n int) {
+	t.Helper()
+	end := time.Now().Add(10 * time.Second)
+	for {
+		s.mu.Lock()
+		idle := 0
+		for _, ci := range s.conns {
+			if ci.state == http.StateIdle {
+				idle++
+			}
+		}
+		s.mu.Unlock()
+		if idle == n {
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("%d idle connections, want %d", idle, n)
+		}
+		time.Sleep(time.Millisecond) // polling the server's table, bounded
+	}
+}

@@ -162,3 +162,54 @@ func TestReceiverRefusesNonSocket(t *testing.T) {
 		t.Fatalf("receiver errors %v, want one about the passed descriptor", errs)
 	}
 }
+
+// BenchmarkPass is the cost of handing one connection over: the message
+// with its descriptor, the receiver's Accept, the acknowledgement.
+func BenchmarkPass(b *testing.B) {
+	r, err := Listen("", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	snd, err := Dial(r.Address(), os.Getpid())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer snd.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan net.Conn, 1)
+	go func() {
+		for {
+			c, err := r.Accept()
+			if err != nil {
+				return
+			}
+			got <- c
+		}
+	}()
+	for b.Loop() {
+		b.StopTimer()
+		client, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		server, err := ln.Accept()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		if err := snd.Send(server.(*net.TCPConn)); err != nil {
+			b.Fatal(err)
+		}
+		c := <-got
+		b.StopTimer()
+		server.Close()
+		c.Close()
+		client.Close()
+		b.StartTimer()
+	}
+}
