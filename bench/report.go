@@ -185,6 +185,9 @@ type summaryRow struct {
 	RPSMax    float64          `json:"rps_max"`
 	P50       time.Duration    `json:"p50_median_ns"`
 	P99       time.Duration    `json:"p99_median_ns"`
+	// Dials is the median of the connections the clients opened, where
+	// the tool counts them (0: not counted).
+	Dials float64 `json:"dials_median,omitempty"`
 	// VsBaseline is the median over rounds of this rate over the
 	// baseline's steady rate with the same connections in the same round.
 	VsBaseline float64 `json:"vs_baseline"`
@@ -248,7 +251,7 @@ func (rep *report) summarize() {
 	for _, c := range rep.Contenders {
 		for _, sc := range rep.Scenarios {
 			row := summaryRow{Contender: c.Name, Scenario: sc.Name, ByKind: map[string]int64{}}
-			var oks, rps, vsBase, vsSteady []float64
+			var oks, rps, vsBase, vsSteady, dials []float64
 			var p50s, p99s, cpus []time.Duration
 			for _, r := range rep.Runs {
 				if r.Contender != c.Name || r.Scenario != sc.Name {
@@ -263,6 +266,9 @@ func (rep *report) summarize() {
 				row.Tool = l.Tool
 				oks, rps = append(oks, float64(l.OK)), append(rps, l.RPS)
 				p50s, p99s = append(p50s, l.P50), append(p99s, l.P99)
+				if l.Dials > 0 {
+					dials = append(dials, float64(l.Dials))
+				}
 				row.Failed += l.Failed
 				row.PerRun = append(row.PerRun, l.Failed)
 				for k, v := range l.ByKind {
@@ -305,6 +311,7 @@ func (rep *report) summarize() {
 			row.P50, row.P99 = medianDur(p50s), medianDur(p99s)
 			row.VsBaseline, row.VsSteady = median(vsBase), median(vsSteady)
 			row.CPUPer1k = medianDur(cpus)
+			row.Dials = median(dials)
 			rep.Summary = append(rep.Summary, row)
 		}
 	}
@@ -529,7 +536,7 @@ func (rep *report) markdown(svgName string) []byte {
 		p("\n")
 	}
 
-	p("## Under load\n\n| contender | load | completed | failed (by kind) | req/s (spread) | × baseline | × own steady | p50 | p99 | server CPU per 1k req | peak RSS |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	p("## Under load\n\n| contender | load | completed | failed (by kind) | req/s (spread) | × baseline | × own steady | p50 | p99 | server CPU per 1k req | peak RSS | dials |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rep.Summary {
 		failed := fmt.Sprintf("%d%s", r.Failed, kindsText(r.ByKind))
 		if r.Runs > 1 && r.Failed > 0 {
@@ -548,8 +555,12 @@ func (rep *report) markdown(svgName string) []byte {
 		if r.VsSteady > 0 {
 			vsSteady = fmt.Sprintf("%.2f", r.VsSteady)
 		}
-		p("| %s | %s | %.0f | %s | %.0f (%.0f–%.0f) | %.2f | %s | %s | %s | %s | %d MiB |\n",
-			r.Contender, scenarioShort[r.Scenario], r.OK, failed, r.RPS, r.RPSMin, r.RPSMax, r.VsBaseline, vsSteady, fmtMs(r.P50), fmtMs(r.P99), fmtMs(r.CPUPer1k), r.PeakRSSKB>>10)
+		dials := "–"
+		if r.Dials > 0 {
+			dials = fmt.Sprintf("%.0f", r.Dials)
+		}
+		p("| %s | %s | %.0f | %s | %.0f (%.0f–%.0f) | %.2f | %s | %s | %s | %s | %d MiB | %s |\n",
+			r.Contender, scenarioShort[r.Scenario], r.OK, failed, r.RPS, r.RPSMin, r.RPSMax, r.VsBaseline, vsSteady, fmtMs(r.P50), fmtMs(r.P99), fmtMs(r.CPUPer1k), r.PeakRSSKB>>10, dials)
 	}
 	p("\n")
 

@@ -42,19 +42,23 @@ type loadSpec struct {
 
 // loadResult is what one load measured, whatever the tool.
 type loadResult struct {
-	Tool      string           `json:"tool"`
-	Command   string           `json:"command,omitempty"`
-	Requests  int64            `json:"requests"`
-	OK        int64            `json:"ok"`
-	Failed    int64            `json:"failed"`
-	ByKind    map[string]int64 `json:"failed_by_kind,omitempty"`
-	Duration  time.Duration    `json:"duration_ns"`
-	RPS       float64          `json:"requests_per_second"`
-	P50       time.Duration    `json:"p50_ns"`
-	P99       time.Duration    `json:"p99_ns"`
-	Note      string           `json:"note,omitempty"`
-	Timeline  []point          `json:"timeline,omitempty"`
-	timeBase  time.Time        // second 0 of the timeline
+	Tool     string           `json:"tool"`
+	Command  string           `json:"command,omitempty"`
+	Requests int64            `json:"requests"`
+	OK       int64            `json:"ok"`
+	Failed   int64            `json:"failed"`
+	ByKind   map[string]int64 `json:"failed_by_kind,omitempty"`
+	Duration time.Duration    `json:"duration_ns"`
+	RPS      float64          `json:"requests_per_second"`
+	P50      time.Duration    `json:"p50_ns"`
+	P99      time.Duration    `json:"p99_ns"`
+	// Dials counts the connections the clients opened, where the tool
+	// tells (internal/load): with keep-alive, one per client plus one per
+	// connection the server closed. 0: not counted.
+	Dials     int64     `json:"dials,omitempty"`
+	Note      string    `json:"note,omitempty"`
+	Timeline  []point   `json:"timeline,omitempty"`
+	timeBase  time.Time // second 0 of the timeline
 	firstErrs []string
 }
 
@@ -113,7 +117,7 @@ func (goLoader) run(ctx context.Context, spec loadSpec, progress *atomic.Int64) 
 	r := load.Run(ctx, cfg)
 	out := loadResult{
 		Tool: toolGo, Requests: r.Requests, OK: r.OK, Failed: r.Failed, ByKind: r.ByKind,
-		Duration: r.Duration, RPS: r.RPS(), P50: r.P50, P99: r.P99, timeBase: r.Start, firstErrs: r.Errors,
+		Duration: r.Duration, RPS: r.RPS(), P50: r.P50, P99: r.P99, Dials: r.Dials, timeBase: r.Start, firstErrs: r.Errors,
 	}
 	out.Command = fmt.Sprintf("internal/load -c %d", spec.Concurrency)
 	for i := range r.PerSecond {

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -65,9 +66,11 @@ type HTTPServer struct {
 
 	// Passing connections to the next generation (httppass.go).
 	recv       *connpass.Receiver
+	recvDone   chan struct{}   // closed when the receiver's accept loop returned
 	passTo     func() *senders // dials the next generation once, nil if none
 	passFailed atomic.Bool
 	noPass     string // why connections drain here, if known
+	passLog    *slog.Logger
 	passed     atomic.Int64
 
 	mu    sync.Mutex
@@ -94,17 +97,26 @@ func (s *HTTPServer) setup(w *Worker) {
 		if h == nil {
 			h = http.DefaultServeMux
 		}
-		s.setupPassing(w)
 		s.Server.Handler = http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 			select {
 			case <-s.drainC:
-				if !s.passing() {
+				if !s.keepOpen(r) {
 					rw.Header().Set("Connection", "close")
 				}
 			default:
 			}
 			h.ServeHTTP(rw, r)
 		})
+		cc := s.Server.ConnContext
+		s.Server.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+			if cc != nil {
+				ctx = cc(ctx, c)
+			}
+			if t, ok := c.(*trackedConn); ok {
+				ctx = context.WithValue(ctx, trackedKey{}, t)
+			}
+			return ctx
+		}
 		hook := s.Server.ConnState
 		s.Server.ConnState = func(c net.Conn, st http.ConnState) {
 			s.track(c, st)
@@ -112,6 +124,7 @@ func (s *HTTPServer) setup(w *Worker) {
 				hook(c, st)
 			}
 		}
+		s.setupPassing(w) // last: its receiver serves s.Server at once
 	})
 }
 
@@ -165,7 +178,7 @@ func (s *HTTPServer) Worker(ctx context.Context, w *Worker) error {
 		s.serving.Add(1)
 		go func() {
 			defer s.serving.Done()
-			tl := trackedListener{Listener: ln, plain: !s.tls}
+			tl := trackedListener{Listener: ln, plain: !s.tls, pass: s.tryPass}
 			if s.tls {
 				errc <- s.Server.ServeTLS(tl, "", "")
 			} else {
@@ -196,16 +209,11 @@ func (s *HTTPServer) drain(ctx context.Context, w *Worker) error {
 	defer tick.Stop()
 	defer s.logPassed(w, start)
 	s.logNoPass(w)
-	for s.passIdle(w); s.closeIdle(start) > 0; s.passIdle(w) {
-		select {
-		case <-ctx.Done():
-			cut := s.closeAll()
-			w.pool.addCut(cut)
-			w.Logger.Warn("drain timeout: connections cut", "cut", cut, "duration", time.Since(start).Round(time.Millisecond))
-			s.Server.Close()
-			return nil
-		case <-tick.C:
-		}
+	if !s.drainConns(ctx, w, start, tick.C) {
+		return nil
+	}
+	if s.stopReceiving() && !s.drainConns(ctx, w, start, tick.C) {
+		return nil // a connection passed on the way in drains like the others
 	}
 	// Only HTTP/2 connections may be left: Shutdown sends them GOAWAY and
 	// waits for their streams.
@@ -216,6 +224,24 @@ func (s *HTTPServer) drain(ctx context.Context, w *Worker) error {
 		w.Logger.Warn("drain timeout: connections cut", "cut", cut, "duration", time.Since(start).Round(time.Millisecond))
 	}
 	return nil
+}
+
+// drainConns hands over or closes the HTTP/1 connections until none is
+// left, or cuts them at ctx's end: then it reports false.
+func (s *HTTPServer) drainConns(ctx context.Context, w *Worker, start time.Time, tick <-chan time.Time) bool {
+	for s.passIdle(); s.closeIdle(start) > 0; s.passIdle() {
+		select {
+		case <-ctx.Done():
+			cut := s.closeAll()
+			w.pool.addCut(cut)
+			w.Logger.Warn("drain timeout: connections cut", "cut", cut, "duration", time.Since(start).Round(time.Millisecond))
+			s.recvStop()
+			s.Server.Close()
+			return false
+		case <-tick:
+		}
+	}
+	return true
 }
 
 // closeIdle closes the HTTP/1 connections idle for longer than their grace,

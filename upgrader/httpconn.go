@@ -20,6 +20,8 @@ type trackedListener struct {
 	// (httppass.go), idle; idle is the server's idle timeout.
 	inbound bool
 	idle    time.Duration
+	// pass hands a connection to the next generation (httppass.go).
+	pass func(*trackedConn) bool
 }
 
 func (l trackedListener) Accept() (net.Conn, error) {
@@ -27,7 +29,7 @@ func (l trackedListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &trackedConn{Conn: c, plain: l.plain, inbound: l.inbound, idle: l.idle, awaitFirst: l.inbound}, nil
+	return &trackedConn{Conn: c, plain: l.plain, inbound: l.inbound, idle: l.idle, awaitFirst: l.inbound, pass: l.pass}, nil
 }
 
 // netHTTPReadBuf is the size of the buffered reader net/http reads a
@@ -57,15 +59,24 @@ type trackedConn struct {
 	plain     bool
 	firstRead atomic.Bool
 
-	// The hand-over to the next generation (httppass.go), under mu.
-	mu       sync.Mutex
-	cond     *sync.Cond
-	deadline time.Time // the read deadline net/http set last
-	inRead   bool      // a Read is in progress
-	readFull bool      // ...and it is the first since waiting, asking for the whole buffer: net/http holds no byte read ahead
-	moving   bool      // handOver interrupted the Read to move the connection
-	parked   bool      // the Read returned nothing and waits for the move's outcome
-	moved    bool      // the connection is the next generation's now
+	// The hand-over to the next generation (httppass.go). pass, set by
+	// the listener, hands the connection over if its server drains into
+	// a next generation; the rest is under mu.
+	pass        func(*trackedConn) bool
+	drainServed atomic.Int32 // requests answered here during a drain that hands over
+	mu          sync.Mutex
+	deadline    time.Time // the read deadline net/http set last
+	inRead      bool      // a Read is in progress
+	readFull    bool      // ...and it is the first since waiting, asking for the whole buffer: net/http holds no byte read ahead
+	interrupted bool      // interrupt set a deadline in the past to bring that Read back
+	moved       bool      // the connection is the next generation's now
+	// net/http reads one byte in the background while a handler runs; a
+	// byte it got there (bgGot) is what it holds at the next request
+	// boundary (bgHeld, from waiting on), and goes over with the socket.
+	bgByte   byte
+	bgGot    bool
+	bgHeld   bool
+	passHeld []byte // what net/http holds at this boundary, for pass
 
 	// A connection taken over from the previous generation was idle
 	// there: until its first byte it waits under the server's idle
@@ -82,26 +93,53 @@ func (c *trackedConn) waiting() {
 	c.started.Store(false)
 	c.deadlines.Store(0)
 	c.firstRead.Store(true)
+	c.mu.Lock()
+	c.bgHeld, c.bgGot = c.bgGot, false
+	c.mu.Unlock()
 }
 
 func (c *trackedConn) Read(b []byte) (int, error) {
 	first := c.plain && c.firstRead.CompareAndSwap(true, false)
-	if first && len(b) < netHTTPReadBuf && len(b) >= netHTTPReadBuf-3 {
-		c.started.Store(true)
-	}
 	c.mu.Lock()
 	if c.moved {
 		c.mu.Unlock()
 		return 0, io.EOF
 	}
-	c.inRead, c.readFull = true, first && len(b) == netHTTPReadBuf
+	// What net/http holds of the next request: nothing if it asks for its
+	// whole buffer; the background read's byte if it asks for all but
+	// one and that read got one (a request has begun, and may go over
+	// with that byte); else bytes read ahead, which stay here.
+	bg := first && len(b) == netHTTPReadBuf-1 && c.bgHeld
+	c.passHeld = nil
+	if bg {
+		c.passHeld = []byte{c.bgByte}
+	}
+	if first && len(b) < netHTTPReadBuf && len(b) >= netHTTPReadBuf-3 {
+		c.started.Store(true)
+	}
+	c.inRead, c.readFull = true, first && (len(b) == netHTTPReadBuf || bg)
+	c.bgHeld = false
+	passable := c.readFull && c.pass != nil
 	c.mu.Unlock()
 	for {
+		// At a request boundary with nothing read ahead, the goroutine
+		// serving the connection hands it over itself, before it reads:
+		// no byte of the next request can be here, whatever the kernel
+		// holds travels with the socket.
+		if passable && (bg || !c.started.Load()) && c.pass(c) {
+			c.mu.Lock()
+			c.moved, c.inRead, c.readFull = true, false, false
+			c.mu.Unlock()
+			return 0, io.EOF // net/http closes its copy, without a reply
+		}
 		n, err := c.Conn.Read(b)
 		if n > 0 {
 			c.started.Store(true)
 		}
 		c.mu.Lock()
+		if len(b) == 1 && n == 1 {
+			c.bgByte, c.bgGot = b[0], true // net/http's background read
+		}
 		if n > 0 && c.awaitFirst {
 			c.awaitFirst = false
 			if c.headerFor > 0 {
@@ -109,42 +147,36 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 				c.Conn.SetReadDeadline(c.deadline)
 			}
 		}
-		if !c.moving {
-			c.inRead, c.readFull = false, false
-			c.mu.Unlock()
-			return n, err
-		}
-		if n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
-			// A byte (or the end) came before the move: the connection
-			// stays, with net/http's own deadline back.
-			c.moving, c.inRead, c.readFull = false, false, false
+		if c.interrupted {
+			// Brought back by interrupt: net/http's own deadline again.
+			c.interrupted = false
 			c.Conn.SetReadDeadline(c.deadline)
-			c.condLocked().Broadcast()
-			c.mu.Unlock()
-			return n, err
+			if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+				c.mu.Unlock()
+				continue // nothing read: hand over, or read on
+			}
 		}
-		// Interrupted with nothing read: the socket may move.
-		c.parked = true
-		c.condLocked().Broadcast()
-		for c.moving {
-			c.condLocked().Wait()
-		}
-		c.parked = false
-		if c.moved {
-			c.inRead, c.readFull = false, false
-			c.mu.Unlock()
-			return 0, io.EOF // net/http closes its copy, without a reply
-		}
-		c.Conn.SetReadDeadline(c.deadline)
-		c.mu.Unlock() // not moved: read on
+		c.inRead, c.readFull = false, false
+		c.mu.Unlock()
+		return n, err
 	}
 }
 
-func (c *trackedConn) condLocked() *sync.Cond {
-	if c.cond == nil {
-		c.cond = sync.NewCond(&c.mu)
+// interrupt brings back a first read that waits for the next request, so
+// that the goroutine serving the connection hands it over (see Read): the
+// connections that were idle when the drain began. It reports whether it
+// did.
+func (c *trackedConn) interrupt() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.plain || c.pass == nil || !c.inRead || !c.readFull || c.interrupted || c.moved || c.started.Load() {
+		return false
 	}
-	return c.cond
+	c.interrupted = true
+	// Under mu: the Read, once back, restores net/http's deadline after
+	// this one, never before.
+	c.Conn.SetReadDeadline(aLongTimeAgo)
+	return true
 }
 
 func (c *trackedConn) SetReadDeadline(t time.Time) error {

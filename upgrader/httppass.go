@@ -61,12 +61,25 @@ type senders struct {
 	mu   sync.Mutex
 	snds []*connpass.Sender
 	next int
+	// dial opens channels to the generation after this one that is still
+	// there: when a next generation ends its own drain (upgrades
+	// overlap), the channels go to the one after it.
+	dial      func() []*connpass.Sender
+	redialled int
 }
+
+// maxRedials bounds how often a drain looks for a newer generation once
+// its channels are gone.
+const maxRedials = 3
 
 // pick returns the next channel, or nil if none is left.
 func (ss *senders) pick() *connpass.Sender {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
+	if len(ss.snds) == 0 && ss.dial != nil && ss.redialled < maxRedials {
+		ss.redialled++
+		ss.snds = ss.dial()
+	}
 	if len(ss.snds) == 0 {
 		return nil
 	}
@@ -95,45 +108,12 @@ func (ss *senders) close() {
 // aLongTimeAgo interrupts a read at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// handOver moves c with send if net/http holds no byte of it. It reports
-// whether c is gone (the next generation has it, or may have it); send's
-// error tells why it stays, or why it left unconfirmed.
-func (c *trackedConn) handOver(send func(syscall.Conn) error) (gone bool, err error) {
-	sc, ok := c.Conn.(syscall.Conn)
-	if !ok {
-		return false, nil
-	}
-	c.mu.Lock()
-	if !c.plain || c.started.Load() || !c.inRead || !c.readFull || c.moving || c.moved {
-		c.mu.Unlock()
-		return false, nil
-	}
-	c.moving = true
-	// Under mu: a Read that returns meanwhile restores net/http's
-	// deadline after this one, never before.
-	c.Conn.SetReadDeadline(aLongTimeAgo)
-	for c.moving && !c.parked {
-		c.condLocked().Wait()
-	}
-	if !c.moving {
-		c.mu.Unlock()
-		return false, nil // a byte came first
-	}
-	c.mu.Unlock()
-	err = send(sc)
-	gone = err == nil || errors.Is(err, connpass.ErrUnconfirmed)
-	c.mu.Lock()
-	c.moving, c.moved = false, gone
-	c.condLocked().Broadcast()
-	c.mu.Unlock()
-	return gone, err
-}
-
 // setupPassing, on a pool that passes connections, starts this server's
 // receiver (stopped at the drain) and prepares its senders for the drain.
 // It runs once, in setup.
 func (s *HTTPServer) setupPassing(w *Worker) {
 	s.passTo = func() *senders { return nil }
+	s.passLog = w.Logger
 	pass := w.pool.pass
 	switch {
 	case !connpass.Supported:
@@ -148,26 +128,25 @@ func (s *HTTPServer) setupPassing(w *Worker) {
 	if pass == nil || s.noPass != "" {
 		return // one that hands none over takes none over either
 	}
-	s.passTo = sync.OnceValue(func() *senders {
-		targets := pass.successor()
-		if len(targets) == 0 {
-			s.noPass = "no successor takes connections (a final stop, or a new generation without an HTTPServer)"
-			return nil
-		}
-		ss := &senders{}
-		for _, t := range targets {
+	dial := func() []*connpass.Sender {
+		var snds []*connpass.Sender
+		for _, t := range pass.successor() {
 			snd, err := connpass.Dial(t.addr, t.pid)
 			if err != nil {
 				w.Logger.Warn("cannot hand connections over to a process of the new generation", "new_pid", t.pid, "err", err)
 				continue
 			}
-			ss.snds = append(ss.snds, snd)
+			snds = append(snds, snd)
 		}
-		if len(ss.snds) == 0 {
-			s.noPass = "the new generation's receivers cannot be reached"
+		return snds
+	}
+	s.passTo = sync.OnceValue(func() *senders {
+		snds := dial()
+		if len(snds) == 0 {
+			s.noPass = "no successor takes connections (a final stop, or a new generation without an HTTPServer)"
 			return nil
 		}
-		return ss
+		return &senders{snds: snds, dial: dial}
 	})
 	recv, err := connpass.Listen(pass.addr, func(err error) {
 		w.Logger.Warn("connections from the previous generation refused", "err", err)
@@ -176,23 +155,40 @@ func (s *HTTPServer) setupPassing(w *Worker) {
 		w.Logger.Warn("cannot take connections over from a previous generation", "err", err)
 		return
 	}
-	s.recv = recv
+	s.recv, s.recvDone = recv, make(chan struct{})
 	if pass.publish != nil {
 		pass.publish(recv.Address())
 	}
-	s.serving.Add(1)
+	// The receiver serves on through this generation's own drain: a
+	// connection an older generation passes meanwhile goes on to the next
+	// one at its first request boundary, and nothing is refused while
+	// generations overlap. stopReceiving ends it with the drain.
 	go func() {
-		defer s.serving.Done()
+		defer close(s.recvDone)
 		idle := s.Server.IdleTimeout
 		if idle <= 0 {
 			idle = s.Server.ReadTimeout // net/http's own fallback
 		}
-		s.Server.Serve(trackedListener{Listener: recv, plain: true, inbound: true, idle: idle})
+		s.Server.Serve(trackedListener{Listener: recv, plain: true, inbound: true, idle: idle, pass: s.tryPass})
 	}()
-	go func() {
-		<-s.drainC
-		recv.Close()
-	}()
+}
+
+// stopReceiving closes the receiver once the drain is otherwise over and
+// waits for its accept loop; it reports whether there was one (then the
+// connections it took meanwhile must drain too).
+func (s *HTTPServer) stopReceiving() bool {
+	if s.recv == nil {
+		return false
+	}
+	s.recvStop()
+	return true
+}
+
+func (s *HTTPServer) recvStop() {
+	if s.recv != nil {
+		s.recv.Close()
+		<-s.recvDone
+	}
 }
 
 // passing reports whether this draining server hands its connections to
@@ -201,47 +197,73 @@ func (s *HTTPServer) passing() bool {
 	return s.passTo != nil && s.passTo() != nil && !s.passFailed.Load()
 }
 
-// passIdle hands over every connection that waits for a request and that
-// net/http holds no byte of.
-func (s *HTTPServer) passIdle(w *Worker) {
+// passIdle brings back the connections waiting for their next request, so
+// that each goroutine serving one hands it over (trackedConn.Read).
+// Connections busy with a request go over at their next request boundary.
+func (s *HTTPServer) passIdle() {
 	if !s.passing() {
 		return
 	}
-	ss := s.passTo()
 	s.mu.Lock()
-	var idle []*trackedConn
+	defer s.mu.Unlock()
 	for c, ci := range s.conns {
 		if ci.state == http.StateIdle || ci.state == http.StateNew {
-			if t := trackedOf(c); t != nil && t.plain {
-				idle = append(idle, t)
-			}
-		}
-	}
-	s.mu.Unlock()
-	for _, t := range idle {
-		if s.HandOver != nil && !s.HandOver(t) {
-			continue
-		}
-		snd := ss.pick()
-		if snd == nil {
-			return
-		}
-		gone, err := t.handOver(snd.Send)
-		if gone {
-			s.passed.Add(1)
-			w.pool.addPassed(1)
-		}
-		if err != nil {
-			left := ss.drop(snd)
-			w.Logger.Warn("handing a connection over to the new generation failed", "passed", s.passed.Load(), "channels_left", left, "err", err)
-			if left == 0 {
-				s.passFailed.Store(true)
-				w.Logger.Warn("no channel to the new generation left: the other connections drain here")
-				return
+			if t := trackedOf(c); t != nil {
+				t.interrupt()
 			}
 		}
 	}
 }
+
+// tryPass hands c to the next generation if this server drains into one;
+// it runs in the goroutine serving c, at a request boundary with nothing
+// read ahead. It reports whether c is gone (the next generation has it,
+// or may have it: then this generation must not serve it).
+func (s *HTTPServer) tryPass(c *trackedConn) bool {
+	if !s.draining() || !s.passing() || (s.HandOver != nil && !s.HandOver(c)) {
+		return false
+	}
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	ss := s.passTo()
+	for {
+		snd := ss.pick()
+		if snd == nil {
+			if !s.passFailed.Swap(true) {
+				s.passLog.Warn("no newer generation takes connections any more: the others drain here", "passed", s.passed.Load())
+			}
+			return false
+		}
+		c.mu.Lock()
+		held := c.passHeld
+		c.mu.Unlock()
+		err := snd.Send(sc, held)
+		if err == nil || errors.Is(err, connpass.ErrUnconfirmed) {
+			s.passed.Add(1)
+			s.pool.addPassed(1)
+			if err != nil {
+				s.passLog.Warn("a connection handed over was not acknowledged: the new generation may hold it, this one lets go", "err", err)
+			}
+			return true
+		}
+		left := ss.drop(snd)
+		s.passLog.Info("a channel to a newer generation ended: the next one is tried", "passed", s.passed.Load(), "channels_left", left, "err", err)
+	}
+}
+
+// keepOpen reports whether a response during the drain may leave its
+// connection open, to go over to the next generation at its next request
+// boundary: once per connection, so that one that cannot move (its reader
+// holds a pipelined request) still gets Connection: close on the next.
+func (s *HTTPServer) keepOpen(r *http.Request) bool {
+	t, _ := r.Context().Value(trackedKey{}).(*trackedConn)
+	return t != nil && t.plain && s.passing() && (s.HandOver == nil || s.HandOver(t)) && t.drainServed.Add(1) == 1
+}
+
+// trackedKey keys a request's trackedConn in its context.
+type trackedKey struct{}
 
 // logNoPass tells, at the start of a drain with connections open, why they
 // drain here.
@@ -298,7 +320,9 @@ func (u *Upgrader) connsPrefix() string {
 
 // workerConnPassing is a worker process's link to its generation's
 // passing: it receives on PREFIX-gGEN-PID and, at its drain, hands its
-// connections to the workers of the next generation, in turn.
+// connections in turn to the workers of the oldest newer generation still
+// there: the next one, which is ready, since this one drains; once that
+// one has ended its own drain, the one after it.
 func (u *Upgrader) workerConnPassing() *connPassing {
 	prefix := u.worker.conns
 	if prefix == "" || !connpass.Supported {
@@ -307,19 +331,26 @@ func (u *Upgrader) workerConnPassing() *connPassing {
 	return &connPassing{
 		addr: fmt.Sprintf("%s-g%d-%d", prefix, u.gen, os.Getpid()),
 		successor: func() []connTarget {
-			next := fmt.Sprintf("%s-g%d-", prefix, u.gen+1)
-			addrs, err := connpass.Lookup(next)
+			addrs, err := connpass.Lookup(prefix + "-g")
 			if err != nil {
 				u.log.Warn("cannot find the new generation's workers to hand connections over to", "err", err)
 				return nil
 			}
-			var ts []connTarget
+			byGen := make(map[int][]connTarget)
+			oldest := 0
 			for _, a := range addrs {
-				if pid, err := strconv.Atoi(strings.TrimPrefix(a, next)); err == nil {
-					ts = append(ts, connTarget{addr: a, pid: pid})
+				genS, pidS, _ := strings.Cut(strings.TrimPrefix(a, prefix+"-g"), "-")
+				gen, err1 := strconv.Atoi(genS)
+				pid, err2 := strconv.Atoi(pidS)
+				if err1 != nil || err2 != nil || gen <= u.gen {
+					continue
+				}
+				byGen[gen] = append(byGen[gen], connTarget{addr: a, pid: pid})
+				if oldest == 0 || gen < oldest {
+					oldest = gen
 				}
 			}
-			return ts
+			return byGen[oldest]
 		},
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -15,8 +14,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/gohandoff/handoff/internal/connpass"
 )
 
 // passPair is two generations of an HTTPServer in this process: old passes
@@ -132,7 +129,7 @@ func TestHTTPDrainPassesConnAfterItsRequest(t *testing.T) {
 	if _, err := io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
-	waitConnState(t, pp.oldS, http.StateActive)
+	waitStates(t, pp.oldS, http.StateActive, 1)
 	drained := make(chan error, 1)
 	go func() { drained <- pp.oldP.drain(context.Background()) }()
 	waitDraining(t, pp.oldS)
@@ -174,27 +171,6 @@ func TestHTTPDrainWithoutReceiverClosesAsBefore(t *testing.T) {
 	}
 	if n := pp.oldS.passed.Load(); n != 0 {
 		t.Errorf("passed %d connections with no receiver", n)
-	}
-}
-
-// waitConnState waits until s tracks a connection in state st.
-func waitConnState(t *testing.T, s *HTTPServer, st http.ConnState) {
-	t.Helper()
-	end := time.Now().Add(10 * time.Second)
-	for {
-		s.mu.Lock()
-		found := false
-		for _, ci := range s.conns {
-			found = found || ci.state == st
-		}
-		s.mu.Unlock()
-		if found {
-			return
-		}
-		if time.Now().After(end) {
-			t.Fatalf("no connection %s", st)
-		}
-		time.Sleep(time.Millisecond) // polling the server's table, bounded
 	}
 }
 
@@ -256,14 +232,13 @@ func (c *interruptConn) SyscallConn() (syscall.RawConn, error) { return nil, err
 
 // idleTracked is a trackedConn over ic as net/http leaves an idle
 // connection: its idle deadline set, its first read since then in
-// progress with the whole buffer. The read's result arrives on the
-// returned channel.
-func idleTracked(t *testing.T, ic *interruptConn, size int) (*trackedConn, <-chan readResult) {
+// progress with the whole buffer (size), pass asked at each boundary. The
+// read's result arrives on the returned channel.
+func idleTracked(t *testing.T, ic *interruptConn, size int, pass func(*trackedConn) bool) (*trackedConn, <-chan readResult) {
 	t.Helper()
-	c := &trackedConn{Conn: ic, plain: true}
+	c := &trackedConn{Conn: ic, plain: true, pass: pass}
 	c.waiting()
-	idleDeadline := time.Now().Add(time.Minute)
-	c.SetReadDeadline(idleDeadline)
+	c.SetReadDeadline(time.Now().Add(time.Minute))
 	out := make(chan readResult, 1)
 	go func() {
 		b := make([]byte, size)
@@ -275,7 +250,7 @@ func idleTracked(t *testing.T, ic *interruptConn, size int) (*trackedConn, <-cha
 		c.mu.Lock()
 		in := c.inRead
 		c.mu.Unlock()
-		if in {
+		if in || len(out) > 0 {
 			return c, out
 		}
 		if time.Now().After(end) {
@@ -285,37 +260,77 @@ func idleTracked(t *testing.T, ic *interruptConn, size int) (*trackedConn, <-cha
 	}
 }
 
-// TestHandOverInterleavings: a connection moves only when its read was
-// interrupted with nothing read; a byte that came first keeps it here,
-// with net/http's own deadline back; a failed send keeps it, and its read
-// goes on.
+// passAfter is a pass hook that refuses until draining is closed (the
+// drain has not begun), then answers with result, counting its calls.
+type passAfter struct {
+	draining chan struct{}
+	result   bool
+	mu       sync.Mutex
+	calls    int
+}
+
+func (p *passAfter) pass(*trackedConn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.draining:
+		p.calls++
+		return p.result
+	default:
+		return false
+	}
+}
+
+// TestHandOverInterleavings: the goroutine serving a connection hands it
+// over itself, at a request boundary with nothing read ahead; a waiting
+// read is brought back to do so; a byte that came first keeps the
+// connection here, with net/http's own deadline back; a failed hand-over
+// lets the read go on.
 func TestHandOverInterleavings(t *testing.T) {
 	timeout := readResult{err: os.ErrDeadlineExceeded}
-	sendOK := func(syscall.Conn) error { return nil }
-	t.Run("moved", func(t *testing.T) {
-		ic := newInterruptConn(timeout)
-		c, out := idleTracked(t, ic, netHTTPReadBuf)
-		gone, err := c.handOver(sendOK)
-		if !gone || err != nil {
-			t.Fatalf("handOver = %v, %v; want moved", gone, err)
-		}
+	t.Run("at the boundary, before reading", func(t *testing.T) {
+		p := &passAfter{draining: closedChan(), result: true}
+		ic := newInterruptConn(readResult{data: "never read"})
+		c, out := idleTracked(t, ic, netHTTPReadBuf, p.pass)
 		if r := <-out; r.err != io.EOF || r.data != "" {
 			t.Fatalf("net/http's read got %q, %v; want EOF, so that it closes its copy", r.data, r.err)
+		}
+		ic.mu.Lock()
+		reads := ic.reads
+		ic.mu.Unlock()
+		if reads != 0 {
+			t.Errorf("%d reads of the socket before the hand-over, want none", reads)
 		}
 		if n, err := c.Read(make([]byte, netHTTPReadBuf)); n != 0 || err != io.EOF {
 			t.Errorf("a read after the move: %d, %v; want EOF", n, err)
 		}
 	})
-	t.Run("a byte came first", func(t *testing.T) {
-		ic := newInterruptConn(readResult{data: "G"})
-		c, out := idleTracked(t, ic, netHTTPReadBuf)
-		sent := false
-		gone, err := c.handOver(func(syscall.Conn) error { sent = true; return nil })
-		if gone || err != nil || sent {
-			t.Fatalf("handOver = %v, %v, sent %v; want the connection kept, nothing sent", gone, err, sent)
+	t.Run("waiting read brought back", func(t *testing.T) {
+		p := &passAfter{draining: make(chan struct{}), result: true}
+		ic := newInterruptConn(timeout)
+		c, out := idleTracked(t, ic, netHTTPReadBuf, p.pass)
+		close(p.draining)
+		if !c.interrupt() {
+			t.Fatal("interrupt refused a waiting first read")
 		}
+		if r := <-out; r.err != io.EOF {
+			t.Fatalf("net/http's read got %q, %v; want EOF after the hand-over", r.data, r.err)
+		}
+		if p.calls != 1 {
+			t.Errorf("pass asked %d times, want once", p.calls)
+		}
+	})
+	t.Run("a byte came first", func(t *testing.T) {
+		p := &passAfter{draining: make(chan struct{}), result: true}
+		ic := newInterruptConn(readResult{data: "G"})
+		c, out := idleTracked(t, ic, netHTTPReadBuf, p.pass)
+		close(p.draining)
+		c.interrupt()
 		if r := <-out; r.data != "G" || r.err != nil {
 			t.Fatalf("net/http's read got %q, %v; want the byte", r.data, r.err)
+		}
+		if p.calls != 0 {
+			t.Errorf("pass asked %d times after a byte was read, want never", p.calls)
 		}
 		ic.mu.Lock()
 		last := ic.deadlines[len(ic.deadlines)-1]
@@ -324,37 +339,31 @@ func TestHandOverInterleavings(t *testing.T) {
 			t.Errorf("read deadline left at %v, want net/http's idle deadline back", last)
 		}
 	})
-	t.Run("send failed", func(t *testing.T) {
+	t.Run("hand-over failed", func(t *testing.T) {
+		p := &passAfter{draining: make(chan struct{}), result: false}
 		ic := newInterruptConn(timeout, readResult{data: "GET"})
-		c, out := idleTracked(t, ic, netHTTPReadBuf)
-		gone, err := c.handOver(func(syscall.Conn) error { return errors.New("receiver gone") })
-		if gone || err == nil {
-			t.Fatalf("handOver = %v, %v; want kept, with the error", gone, err)
-		}
+		c, out := idleTracked(t, ic, netHTTPReadBuf, p.pass)
+		close(p.draining)
+		c.interrupt()
 		if r := <-out; r.data != "GET" || r.err != nil {
 			t.Fatalf("net/http's read got %q, %v; want the read to go on and get the request", r.data, r.err)
 		}
-	})
-	t.Run("unconfirmed counts as gone", func(t *testing.T) {
-		ic := newInterruptConn(timeout)
-		c, out := idleTracked(t, ic, netHTTPReadBuf)
-		gone, _ := c.handOver(func(syscall.Conn) error { return fmt.Errorf("%w: timeout", connpass.ErrUnconfirmed) })
-		if !gone {
-			t.Fatal("a descriptor that left unconfirmed was kept: two processes would serve it")
-		}
-		if r := <-out; r.err != io.EOF {
-			t.Fatalf("net/http's read got %v, want EOF", r.err)
+		if p.calls != 1 {
+			t.Errorf("pass asked %d times, want once", p.calls)
 		}
 	})
 	t.Run("read ahead", func(t *testing.T) {
 		// A read for less than the whole buffer: net/http holds bytes.
+		p := &passAfter{draining: closedChan(), result: true}
 		ic := newInterruptConn(readResult{data: "T"})
-		c, out := idleTracked(t, ic, netHTTPReadBuf-1)
-		if gone, _ := c.handOver(sendOK); gone {
-			t.Fatal("moved a connection whose reader holds bytes read ahead")
+		c, out := idleTracked(t, ic, netHTTPReadBuf-1, p.pass)
+		if c.interrupt() {
+			t.Fatal("interrupted a read whose reader holds bytes read ahead")
 		}
 		ic.SetReadDeadline(aLongTimeAgo) // let the read end
-		<-out
+		if r := <-out; r.data != "T" || p.calls != 0 {
+			t.Fatalf("read %q with %d hand-overs asked, want the byte and none", r.data, p.calls)
+		}
 	})
 }
 
@@ -427,77 +436,142 @@ func TestInboundConnWaitsAsIdle(t *testing.T) {
 
 // TestHTTPDrainReceiverGoneMidway: the new generation's receiver goes away
 // after it took one connection (the new generation died during the
-// hand-over): the send fails, that connection stays with the old
-// generation, the rest drain there, and every next request is answered.
+// hand-over): the others, whose requests were in flight, stay with the old
+// generation, which answers them and their next requests (with
+// Connection: close), and nothing is lost.
 func TestHTTPDrainReceiverGoneMidway(t *testing.T) {
 	pp := startPassPair(t, true)
-	pp.oldS.IdleGrace = time.Minute // only the drain's own moves close anything
-	asked := 0
-	pp.oldS.HandOver = func(net.Conn) bool {
-		asked++
-		if asked == 2 {
-			pp.newS.recv.Close()
-		}
-		return true
+	idle, idleBr := dialKeepAlive(t, pp.oldLn)
+	if body, _ := getOn(t, idle, idleBr, "/"); body != "old" {
+		t.Fatalf("before the drain: %q", body)
 	}
 	type client struct {
 		c  net.Conn
 		br *bufio.Reader
 	}
-	var cs []client
-	for range 3 {
+	var busy []client
+	for range 2 {
 		c, br := dialKeepAlive(t, pp.oldLn)
-		if body, _ := getOn(t, c, br, "/"); body != "old" {
-			t.Fatalf("before the drain: %q", body)
+		if _, err := io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
 		}
-		cs = append(cs, client{c, br})
+		busy = append(busy, client{c, br})
 	}
-	waitIdle(t, pp.oldS, 3)
+	waitStates(t, pp.oldS, http.StateIdle, 1)
+	waitStates(t, pp.oldS, http.StateActive, 2)
 	drained := make(chan error, 1)
 	go func() { drained <- pp.oldP.drain(context.Background()) }()
 	end := time.Now().Add(10 * time.Second)
-	for !pp.oldS.passFailed.Load() {
+	for pp.oldS.passed.Load() < 1 {
 		if time.Now().After(end) {
-			t.Fatal("the drain never saw the channel fail")
+			t.Fatal("the idle connection never went over")
 		}
 		time.Sleep(time.Millisecond) // the drain's first round, bounded
 	}
-	if n := pp.oldS.passed.Load(); n != 1 {
-		t.Errorf("passed %d connections, want the 1 before the receiver went", n)
+	if body, closes := getOn(t, idle, idleBr, "/"); body != "new" || closes {
+		t.Errorf("the connection that went over: %q close=%v, want new, kept open", body, closes)
 	}
-	for i, c := range cs {
-		body, _ := getOn(t, c.c, c.br, "/")
-		if body != "old" && body != "new" {
-			t.Errorf("client %d after the failed hand-over: %q", i, body)
+	pp.newS.recv.Close() // the new generation dies
+	close(pp.release)
+	for i, c := range busy {
+		resp, err := http.ReadResponse(c.br, nil)
+		if err != nil {
+			t.Fatalf("busy client %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "old" {
+			t.Errorf("busy client %d: %q, want old's answer", i, b)
+		}
+		body, closes := getOn(t, c.c, c.br, "/")
+		if body != "old" || !closes {
+			t.Errorf("busy client %d, next request: %q close=%v; want old's answer with Connection: close", i, body, closes)
 		}
 	}
-	for _, c := range cs {
-		c.c.Close()
+	if !pp.oldS.passFailed.Load() {
+		t.Error("the drain did not see the channel fail")
+	}
+	if n := pp.oldS.passed.Load(); n != 1 {
+		t.Errorf("passed %d connections, want the 1 before the receiver went", n)
 	}
 	if err := <-drained; err != nil {
 		t.Fatal(err)
 	}
 }
 
-// waitIdle waits until s tracks n idle connections.
-func waitIdle(t *testing.T, s *HTTPServer, n int) {
+// waitStates waits until s tracks n connections in state st.
+func waitStates(t *testing.T, s *HTTPServer, st http.ConnState, n int) {
 	t.Helper()
 	end := time.Now().Add(10 * time.Second)
 	for {
 		s.mu.Lock()
-		idle := 0
+		got := 0
 		for _, ci := range s.conns {
-			if ci.state == http.StateIdle {
-				idle++
+			if ci.state == st {
+				got++
 			}
 		}
 		s.mu.Unlock()
-		if idle == n {
+		if got == n {
 			return
 		}
 		if time.Now().After(end) {
-			t.Fatalf("%d idle connections, want %d", idle, n)
+			t.Fatalf("%d connections %s, want %d", got, st, n)
 		}
 		time.Sleep(time.Millisecond) // polling the server's table, bounded
+	}
+}
+
+// TestHandOverWithBackgroundByte: a client that sends its next request as
+// soon as it has the answer can beat net/http's background read to its
+// end: that read takes the request's first byte, which net/http then
+// holds at the boundary (it asks for all but one byte of its buffer). The
+// connection goes over with that byte; bytes read ahead any other way
+// keep it here.
+func TestHandOverWithBackgroundByte(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		bg     bool // the background read got a byte
+		size   int  // net/http's read at the boundary
+		passed bool
+	}{
+		{name: "background byte", bg: true, size: netHTTPReadBuf - 1, passed: true},
+		{name: "one byte read ahead, none in the background", size: netHTTPReadBuf - 1},
+		{name: "background byte and more read ahead", bg: true, size: netHTTPReadBuf - 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ic := newInterruptConn(readResult{data: "GET / HTTP/1.1\r\n\r\n"}, readResult{data: "G"}, readResult{data: "ET / HTTP/1.1\r\n\r\n"})
+			close(ic.interrupt) // reads return at once
+			var held []byte
+			asked, draining := 0, false
+			c := &trackedConn{Conn: ic, plain: true, pass: func(c *trackedConn) bool {
+				if !draining {
+					return false
+				}
+				asked++
+				held = c.passHeld
+				return true
+			}}
+			c.waiting()                          // New
+			c.Read(make([]byte, netHTTPReadBuf)) // the first request, before the drain
+			draining = true
+			if tc.bg {
+				c.Read(make([]byte, 1)) // the background read, during the handler
+			}
+			c.waiting() // Idle
+			n, err := c.Read(make([]byte, tc.size))
+			if tc.passed {
+				if asked != 1 || string(held) != "G" || err != io.EOF || n != 0 {
+					t.Fatalf("asked %d, held %q, read %d, %v; want handed over with the byte G", asked, held, n, err)
+				}
+				if !c.started.Load() {
+					t.Error("a request whose first byte is held was not taken as begun")
+				}
+				return
+			}
+			if asked != 0 || err != nil {
+				t.Fatalf("asked %d, read %d, %v; want the connection kept and read on", asked, n, err)
+			}
+		})
 	}
 }

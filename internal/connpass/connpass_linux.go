@@ -8,6 +8,14 @@
 // that the receiver is the process it expects. One connection is in flight
 // at a time on a channel: Send returns once the receiver has it.
 //
+// Either the receiver serves a connection or the sender keeps it, never
+// both: the receiver acknowledges a connection only once its Accept has
+// returned it, and a receiver that closes, or dies, before it
+// acknowledged never serves it (its copy is closed with it), so that an
+// end of the channel without an acknowledgement leaves the connection to
+// the sender. Only an acknowledgement that does not come in time leaves
+// it in doubt (ErrUnconfirmed).
+//
 // The package moves descriptors only. Whether a connection may move (no
 // byte of the next request read ahead by the old owner) is the caller's
 // concern; see upgrader/httppass.go.
@@ -18,8 +26,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,8 +44,8 @@ import (
 const Supported = true
 
 // ackTimeout bounds the wait for a receiver's acknowledgement of one
-// connection.
-const ackTimeout = 5 * time.Second
+// connection: a receiver alive but that long stalled leaves it in doubt.
+const ackTimeout = 10 * time.Second
 
 // Receiver is a net.Listener whose Accept returns the connections another
 // process passed to it.
@@ -46,7 +57,7 @@ type Receiver struct {
 	once   sync.Once
 	wg     sync.WaitGroup
 	mu     sync.Mutex
-	peers  map[*net.UnixConn]struct{}
+	peers  map[*net.UnixConn]*sync.Mutex // held from a message's receipt to its acknowledgement
 	onErr  func(error)
 	closed bool
 }
@@ -70,7 +81,7 @@ func Listen(addr string, onErr func(error)) (*Receiver, error) {
 		onErr = func(error) {}
 	}
 	r := &Receiver{ln: ln, addr: addr, conns: make(chan net.Conn), done: make(chan struct{}),
-		peers: make(map[*net.UnixConn]struct{}), onErr: onErr}
+		peers: make(map[*net.UnixConn]*sync.Mutex), onErr: onErr}
 	r.wg.Add(1)
 	go r.acceptLoop()
 	return r, nil
@@ -101,10 +112,13 @@ func (r *Receiver) Close() error {
 		r.ln.Close()
 		r.mu.Lock()
 		r.closed = true
-		for c := range r.peers {
-			c.Close()
-		}
+		peers := maps.Clone(r.peers)
 		r.mu.Unlock()
+		for c, mu := range peers {
+			mu.Lock() // not between a connection's Accept and its acknowledgement
+			c.Close()
+			mu.Unlock()
+		}
 	})
 	r.wg.Wait()
 	return nil
@@ -128,15 +142,16 @@ func (r *Receiver) acceptLoop() {
 			c.Close()
 			return
 		}
-		r.peers[c] = struct{}{}
+		mu := &sync.Mutex{}
+		r.peers[c] = mu
 		r.wg.Add(1)
 		r.mu.Unlock()
-		go r.serve(c)
+		go r.serve(c, mu)
 	}
 }
 
 // serve takes the connections one sender passes, one message each.
-func (r *Receiver) serve(c *net.UnixConn) {
+func (r *Receiver) serve(c *net.UnixConn, mu *sync.Mutex) {
 	defer r.wg.Done()
 	defer func() {
 		r.mu.Lock()
@@ -144,32 +159,88 @@ func (r *Receiver) serve(c *net.UnixConn) {
 		r.mu.Unlock()
 		c.Close()
 	}()
-	buf := make([]byte, 1)
+	buf := make([]byte, 1+MaxHeld)
 	oob := make([]byte, unix.CmsgSpace(4))
 	for {
 		n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
 		if err != nil || n == 0 {
 			return // the sender is done, or this receiver closed
 		}
-		conn, err := takeConn(oob[:oobn])
-		if err != nil {
-			r.onErr(err)
-			return
-		}
-		select {
-		case r.conns <- conn:
-		case <-r.done:
-			conn.Close()
-			return
-		}
-		if _, err := c.Write([]byte{1}); err != nil {
-			// Accepted and served here already; the sender, with no
-			// acknowledgement, must not serve it too: it closes its copy
-			// on any error after the descriptor left (see Send).
-			r.onErr(fmt.Errorf("connpass: acknowledge: %w", err))
+		if !r.deliver(c, mu, oob[:oobn], slices.Clone(buf[1:n])) {
 			return
 		}
 	}
+}
+
+// deliver takes one message's connection to Accept and acknowledges it,
+// under mu, so that Close cannot end the channel in between.
+func (r *Receiver) deliver(c *net.UnixConn, mu *sync.Mutex, oob, held []byte) bool {
+	mu.Lock()
+	defer mu.Unlock()
+	conn, err := takeConn(oob)
+	if err != nil {
+		r.onErr(err)
+		return false
+	}
+	if len(held) > 0 {
+		conn = &heldConn{Conn: conn, held: held}
+	}
+	select {
+	case r.conns <- conn:
+	case <-r.done:
+		conn.Close() // not served here: the sender, unacknowledged, keeps it
+		return false
+	}
+	if _, err := c.Write([]byte{1}); err != nil {
+		// The sender went away while waiting: it gave the connection up
+		// (ErrUnconfirmed), and this receiver serves it.
+		r.onErr(fmt.Errorf("connpass: acknowledge: %w", err))
+		return false
+	}
+	return true
+}
+
+// MaxHeld is how many bytes the sender may have read from a connection
+// and pass with it: a receiver reads them first.
+const MaxHeld = 16
+
+// heldConn is a passed connection whose first bytes the sender had read
+// already: its reads return them first.
+type heldConn struct {
+	net.Conn
+	mu   sync.Mutex
+	held []byte
+}
+
+func (c *heldConn) Read(b []byte) (int, error) {
+	c.mu.Lock()
+	if len(c.held) > 0 {
+		n := copy(b, c.held)
+		c.held = c.held[n:]
+		c.mu.Unlock()
+		return n, nil
+	}
+	c.mu.Unlock()
+	return c.Conn.Read(b)
+}
+
+// SyscallConn, CloseWrite and ReadFrom reach the socket below.
+func (c *heldConn) SyscallConn() (syscall.RawConn, error) {
+	return c.Conn.(syscall.Conn).SyscallConn()
+}
+
+func (c *heldConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (c *heldConn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(c.Conn, r)
 }
 
 // takeConn makes a net.Conn of the one descriptor in a message's control
@@ -278,16 +349,21 @@ func Dial(addr string, pid int) (*Sender, error) {
 }
 
 // ErrUnconfirmed says a descriptor left but its acknowledgement did not
-// come: the receiver may hold the connection, so the sender must not serve
-// it any more.
-var ErrUnconfirmed = errors.New("connpass: passed, not acknowledged")
+// come in time: the receiver may serve the connection, so the sender must
+// not any more.
+var ErrUnconfirmed = errors.New("connpass: passed, not acknowledged in time")
 
-// Send passes conn's descriptor and waits for the receiver to hold it. On
+// Send passes conn's descriptor, with the bytes of it the caller read
+// already (at most MaxHeld), and waits for the receiver to serve it. On
 // a nil error the receiver serves the connection and the caller closes its
 // copy (never shuts it down). An error wrapping ErrUnconfirmed means the
-// descriptor may have arrived: the caller closes its copy too. Any other
-// error means nothing left, and the caller keeps the connection.
-func (s *Sender) Send(conn syscall.Conn) error {
+// receiver may serve it: the caller closes its copy too. Any other error
+// means the receiver does not serve it (nothing left, or the receiver
+// closed or died first), and the caller keeps the connection.
+func (s *Sender) Send(conn syscall.Conn, held []byte) error {
+	if len(held) > MaxHeld {
+		return fmt.Errorf("connpass: %d bytes read already, more than %d", len(held), MaxHeld)
+	}
 	raw, err := conn.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("connpass: %w", err)
@@ -296,7 +372,7 @@ func (s *Sender) Send(conn syscall.Conn) error {
 	defer s.mu.Unlock()
 	var werr error
 	if err := raw.Control(func(fd uintptr) {
-		_, _, werr = s.c.WriteMsgUnix([]byte{1}, unix.UnixRights(int(fd)), nil)
+		_, _, werr = s.c.WriteMsgUnix(append([]byte{1}, held...), unix.UnixRights(int(fd)), nil)
 	}); err != nil {
 		return fmt.Errorf("connpass: %w", err)
 	}
@@ -306,7 +382,10 @@ func (s *Sender) Send(conn syscall.Conn) error {
 	s.c.SetReadDeadline(time.Now().Add(ackTimeout))
 	var b [1]byte
 	if _, err := s.c.Read(b[:]); err != nil {
-		return fmt.Errorf("%w: %w", ErrUnconfirmed, err)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("%w (%s)", ErrUnconfirmed, ackTimeout)
+		}
+		return fmt.Errorf("connpass: the receiver ended the channel before it took the connection: %w", err)
 	}
 	return nil
 }

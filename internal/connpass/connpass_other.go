@@ -37,5 +37,9 @@ type Sender struct{}
 // Dial fails here.
 func Dial(string, int) (*Sender, error) { return nil, errUnsupported }
 
-func (*Sender) Send(syscall.Conn) error { return errUnsupported }
-func (*Sender) Close() error            { return nil }
+func (*Sender) Send(syscall.Conn, []byte) error { return errUnsupported }
+
+// MaxHeld is how many bytes read already may pass with a connection.
+const MaxHeld = 16
+
+func (*Sender) Close() error { return nil }

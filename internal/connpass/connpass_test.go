@@ -63,7 +63,12 @@ func TestPassKeepsTheConnection(t *testing.T) {
 		}
 		got <- c
 	}()
-	if err := snd.Send(server); err != nil {
+	// The sender had read "be" already: it travels with the socket.
+	b2 := make([]byte, 2)
+	if _, err := io.ReadFull(server, b2); err != nil {
+		t.Fatal(err)
+	}
+	if err := snd.Send(server, b2); err != nil {
 		t.Fatalf("send: %v", err)
 	}
 	server.Close() // the sender's copy; never shut down
@@ -97,7 +102,7 @@ func TestSendToClosedReceiverLeavesTheConnection(t *testing.T) {
 	defer snd.Close()
 	r.Close()
 	client, server := tcpPair(t)
-	err = snd.Send(server)
+	err = snd.Send(server, nil)
 	if err == nil {
 		t.Fatal("send to a closed receiver succeeded")
 	}
@@ -202,7 +207,7 @@ func BenchmarkPass(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.StartTimer()
-		if err := snd.Send(server.(*net.TCPConn)); err != nil {
+		if err := snd.Send(server.(*net.TCPConn), nil); err != nil {
 			b.Fatal(err)
 		}
 		c := <-got
