@@ -178,18 +178,25 @@ func TestFailedUpgradeKeepsServing(t *testing.T) {
 	}
 }
 
-// TestKeepAliveConnsCrossUpgrades: 200 keep-alive clients through five
-// upgrades open 200 connections in all, with no failure, in both worker
-// modes: every idle connection moves to the new generation (in process
-// mode from the old workers to the new ones), which answers its next
-// request, and no client sees a close.
+// TestKeepAliveConnsCrossUpgrades: 1000 keep-alive clients through five
+// upgrades open 1000 connections in all, with no failure, in both worker
+// modes: every connection moves to the new generation at a request
+// boundary (in process mode from the old workers to the new ones), which
+// answers its next request, and no client sees a close.
 func TestKeepAliveConnsCrossUpgrades(t *testing.T) {
+	const clients = 1000
 	forEachMode(t, func(t *testing.T, m workerMode) {
 		s := startHello(t, helloV1, m.args...)
 		var completed atomic.Int64
 		done := make(chan struct{})
-		results := startLoad(t, s, true, 20000, done, &completed)
-		waitCount(t, &completed, 1000)
+		results := make(chan load.Result, 1)
+		go func() {
+			results <- load.Run(context.Background(), load.Config{
+				Addr: s.addr, Concurrency: clients, Requests: 20000, Until: done,
+				MaxDuration: time.Until(deadline(t)), KeepAlive: true, PostEvery: 2, Completed: &completed,
+			})
+		}()
+		waitCount(t, &completed, 2000)
 		for i := range 5 {
 			gen := i + 2
 			from := s.log.len()
@@ -203,8 +210,8 @@ func TestKeepAliveConnsCrossUpgrades(t *testing.T) {
 		close(done)
 		res := <-results
 		checkLoad(t, res)
-		if res.Dials != 200 {
-			t.Errorf("clients dialled %d times through 5 upgrades, want 200: one connection each", res.Dials)
+		if res.Dials != clients {
+			t.Errorf("clients dialled %d times through 5 upgrades, want %d: one connection each", res.Dials, clients)
 		}
 		if n := strings.Count(s.log.String(), "connections handed over to the new generation"); n == 0 {
 			t.Error("no generation logged connections handed over")

@@ -68,6 +68,11 @@ type senders struct {
 	redialled int
 }
 
+// channelsPerReceiver is how many channels a draining server opens to each
+// receiver: the cap on its connections in flight to it, each waiting for
+// its acknowledgement.
+const channelsPerReceiver = 8
+
 // maxRedials bounds how often a drain looks for a newer generation once
 // its channels are gone.
 const maxRedials = 3
@@ -131,12 +136,14 @@ func (s *HTTPServer) setupPassing(w *Worker) {
 	dial := func() []*connpass.Sender {
 		var snds []*connpass.Sender
 		for _, t := range pass.successor() {
-			snd, err := connpass.Dial(t.addr, t.pid)
-			if err != nil {
-				w.Logger.Warn("cannot hand connections over to a process of the new generation", "new_pid", t.pid, "err", err)
-				continue
+			for range channelsPerReceiver {
+				snd, err := connpass.Dial(t.addr, t.pid)
+				if err != nil {
+					w.Logger.Warn("cannot hand connections over to a process of the new generation", "new_pid", t.pid, "err", err)
+					break
+				}
+				snds = append(snds, snd)
 			}
-			snds = append(snds, snd)
 		}
 		return snds
 	}
