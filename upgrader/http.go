@@ -143,7 +143,7 @@ func (s *HTTPServer) track(c net.Conn, st http.ConnState) {
 		ci, ok := s.conns[c]
 		// Closed during the drain with a request begun and not read whole
 		// (the server's own header timeout, or the client gave up): cut.
-		if ok && st == http.StateClosed && ci.state != http.StateActive && requestBegun(c) && s.draining() {
+		if ok && st == http.StateClosed && ci.state != http.StateActive && requestBegun(c) && s.draining() && !handedOver(c) {
 			s.pool.addCut(1)
 		}
 		delete(s.conns, c)

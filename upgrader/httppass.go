@@ -3,6 +3,7 @@ package upgrader
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"slices"
@@ -71,7 +72,7 @@ type senders struct {
 // channelsPerReceiver is how many channels a draining server opens to each
 // receiver: the cap on its connections in flight to it, each waiting for
 // its acknowledgement.
-const channelsPerReceiver = 8
+const channelsPerReceiver = 64
 
 // maxRedials bounds how often a drain looks for a newer generation once
 // its channels are gone.
@@ -360,4 +361,16 @@ func (u *Upgrader) workerConnPassing() *connPassing {
 			return byGen[oldest]
 		},
 	}
+}
+
+// handedOver reports whether c went to the next generation: closed here,
+// but not cut.
+func handedOver(c net.Conn) bool {
+	t := trackedOf(c)
+	if t == nil {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.moved
 }
