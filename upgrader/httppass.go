@@ -70,9 +70,10 @@ type senders struct {
 }
 
 // channelsPerReceiver is how many channels a draining server opens to each
-// receiver: the cap on its connections in flight to it, each waiting for
-// its acknowledgement.
-const channelsPerReceiver = 64
+// receiver. Each carries one message at a time, of up to connpass.MaxBatch
+// connections: the cap on connections in flight to a receiver is their
+// product.
+const channelsPerReceiver = 4
 
 // maxRedials bounds how often a drain looks for a newer generation once
 // its channels are gone.

@@ -159,46 +159,56 @@ func (r *Receiver) serve(c *net.UnixConn, mu *sync.Mutex) {
 		r.mu.Unlock()
 		c.Close()
 	}()
-	buf := make([]byte, 1+MaxHeld)
-	oob := make([]byte, unix.CmsgSpace(4))
+	buf := make([]byte, 1+MaxBatch*(1+MaxHeld))
+	oob := make([]byte, unix.CmsgSpace(4*MaxBatch))
 	for {
 		n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
 		if err != nil || n == 0 {
 			return // the sender is done, or this receiver closed
 		}
-		if !r.deliver(c, mu, oob[:oobn], slices.Clone(buf[1:n])) {
+		if !r.deliver(c, mu, buf[:n], oob[:oobn]) {
 			return
 		}
 	}
 }
 
-// deliver takes one message's connection to Accept and acknowledges it,
-// under mu, so that Close cannot end the channel in between.
-func (r *Receiver) deliver(c *net.UnixConn, mu *sync.Mutex, oob, held []byte) bool {
+// deliver takes one message's connections to Accept, in order, and
+// acknowledges how many Accept took, under mu, so that Close cannot end
+// the channel in between: a connection not taken is closed here and the
+// sender, told, keeps it.
+func (r *Receiver) deliver(c *net.UnixConn, mu *sync.Mutex, msg, oob []byte) bool {
 	mu.Lock()
 	defer mu.Unlock()
-	conn, err := takeConn(oob)
+	conns, err := takeConns(msg, oob)
 	if err != nil {
 		r.onErr(err)
 		return false
 	}
-	if len(held) > 0 {
-		conn = &heldConn{Conn: conn, held: held}
+	took := 0
+take:
+	for _, conn := range conns {
+		select {
+		case r.conns <- conn:
+			took++
+		case <-r.done:
+			break take
+		}
 	}
-	select {
-	case r.conns <- conn:
-	case <-r.done:
-		conn.Close() // not served here: the sender, unacknowledged, keeps it
-		return false
+	for _, conn := range conns[took:] {
+		conn.Close() // not served here: the sender keeps it
 	}
-	if _, err := c.Write([]byte{1}); err != nil {
-		// The sender went away while waiting: it gave the connection up
-		// (ErrUnconfirmed), and this receiver serves it.
+	if _, err := c.Write([]byte{byte(took)}); err != nil {
+		// The sender went away while waiting: it gave these connections
+		// up (ErrUnconfirmed), and this receiver serves them.
 		r.onErr(fmt.Errorf("connpass: acknowledge: %w", err))
 		return false
 	}
-	return true
+	return took == len(conns)
 }
+
+// MaxBatch is how many connections one message carries at most (the
+// kernel allows 253 descriptors).
+const MaxBatch = 64
 
 // MaxHeld is how many bytes the sender may have read from a connection
 // and pass with it: a receiver reads them first.
@@ -243,27 +253,55 @@ func (c *heldConn) ReadFrom(r io.Reader) (int64, error) {
 	return io.Copy(c.Conn, r)
 }
 
-// takeConn makes a net.Conn of the one descriptor in a message's control
-// data.
-func takeConn(oob []byte) (net.Conn, error) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil || len(msgs) != 1 {
-		return nil, fmt.Errorf("connpass: a message without one descriptor (%d control messages, %v)", len(msgs), err)
+// takeConns makes net.Conns of a message's descriptors, with the bytes
+// the sender had read of each: the message is a count, then for each
+// connection the length of its held bytes and the bytes.
+func takeConns(msg, oob []byte) ([]net.Conn, error) {
+	var fds []int
+	if msgs, err := unix.ParseSocketControlMessage(oob); err == nil {
+		for i := range msgs {
+			if f, err := unix.ParseUnixRights(&msgs[i]); err == nil {
+				fds = append(fds, f...)
+			}
+		}
 	}
-	fds, err := unix.ParseUnixRights(&msgs[0])
-	if err != nil || len(fds) != 1 {
-		for _, fd := range fds {
+	closeFrom := func(i int) {
+		for _, fd := range fds[i:] {
 			unix.Close(fd)
 		}
-		return nil, fmt.Errorf("connpass: a message without one descriptor (%d, %v)", len(fds), err)
 	}
-	f := os.NewFile(uintptr(fds[0]), "passed-conn")
-	defer f.Close()
-	conn, err := net.FileConn(f)
-	if err != nil {
-		return nil, fmt.Errorf("connpass: passed descriptor: %w", err)
+	if len(fds) == 0 || len(msg) < 1 || int(msg[0]) != len(fds) {
+		closeFrom(0)
+		return nil, fmt.Errorf("connpass: a message without its descriptors (%d of them)", len(fds))
 	}
-	return conn, nil
+	held := make([][]byte, len(fds))
+	rest := msg[1:]
+	for i := range fds {
+		if len(rest) < 1 || int(rest[0]) > MaxHeld || len(rest) < 1+int(rest[0]) {
+			closeFrom(0)
+			return nil, errors.New("connpass: a malformed message")
+		}
+		held[i] = slices.Clone(rest[1 : 1+int(rest[0])])
+		rest = rest[1+int(rest[0]):]
+	}
+	conns := make([]net.Conn, 0, len(fds))
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "passed-conn")
+		conn, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			closeFrom(i + 1)
+			return nil, fmt.Errorf("connpass: passed descriptor: %w", err)
+		}
+		if len(held[i]) > 0 {
+			conn = &heldConn{Conn: conn, held: held[i]}
+		}
+		conns = append(conns, conn)
+	}
+	return conns, nil
 }
 
 // PeerCred returns the credentials of the process at the other end of c.
@@ -329,10 +367,24 @@ func Lookup(prefix string) ([]string, error) {
 	return addrs, nil
 }
 
-// Sender passes connections to one receiver.
+// Sender passes connections to one receiver. Connections sent at once go
+// in one message: a batch costs one wake-up of each side, however many it
+// carries.
 type Sender struct {
-	mu sync.Mutex
-	c  *net.UnixConn
+	c     *net.UnixConn
+	mu    sync.Mutex
+	queue []*pending
+	wake  chan struct{}
+	done  chan struct{}
+	once  sync.Once
+}
+
+// pending is one connection waiting in a Sender's queue: a copy of its
+// descriptor, the bytes read of it already, and where its outcome goes.
+type pending struct {
+	fd   int
+	held []byte
+	res  chan error
 }
 
 // Dial connects to the receiver at addr, which must be process pid.
@@ -345,7 +397,9 @@ func Dial(addr string, pid int) (*Sender, error) {
 		c.Close()
 		return nil, err
 	}
-	return &Sender{c: c}, nil
+	s := &Sender{c: c, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	go s.flush()
+	return s, nil
 }
 
 // ErrUnconfirmed says a descriptor left but its acknowledgement did not
@@ -353,13 +407,18 @@ func Dial(addr string, pid int) (*Sender, error) {
 // not any more.
 var ErrUnconfirmed = errors.New("connpass: passed, not acknowledged in time")
 
+// errNotTaken: the receiver closed, or died, before it took the
+// connection; the sender keeps it.
+var errNotTaken = errors.New("connpass: the receiver did not take the connection")
+
 // Send passes conn's descriptor, with the bytes of it the caller read
 // already (at most MaxHeld), and waits for the receiver to serve it. On
 // a nil error the receiver serves the connection and the caller closes its
 // copy (never shuts it down). An error wrapping ErrUnconfirmed means the
 // receiver may serve it: the caller closes its copy too. Any other error
 // means the receiver does not serve it (nothing left, or the receiver
-// closed or died first), and the caller keeps the connection.
+// closed or died first), and the caller keeps the connection. Sends that
+// wait together go in one message.
 func (s *Sender) Send(conn syscall.Conn, held []byte) error {
 	if len(held) > MaxHeld {
 		return fmt.Errorf("connpass: %d bytes read already, more than %d", len(held), MaxHeld)
@@ -368,27 +427,109 @@ func (s *Sender) Send(conn syscall.Conn, held []byte) error {
 	if err != nil {
 		return fmt.Errorf("connpass: %w", err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var werr error
-	if err := raw.Control(func(fd uintptr) {
-		_, _, werr = s.c.WriteMsgUnix(append([]byte{1}, held...), unix.UnixRights(int(fd)), nil)
-	}); err != nil {
+	dup, derr := -1, error(nil)
+	if err := raw.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
 		return fmt.Errorf("connpass: %w", err)
 	}
+	if derr != nil {
+		return fmt.Errorf("connpass: %w", derr)
+	}
+	p := &pending{fd: dup, held: held, res: make(chan error, 1)}
+	s.mu.Lock()
+	select {
+	case <-s.done:
+		s.mu.Unlock()
+		unix.Close(dup)
+		return fmt.Errorf("connpass: send: %w", net.ErrClosed)
+	default:
+	}
+	s.queue = append(s.queue, p)
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return <-p.res
+}
+
+// flush sends the queue, a batch a message, until Close.
+func (s *Sender) flush() {
+	for {
+		select {
+		case <-s.wake:
+		case <-s.done:
+			s.fail(fmt.Errorf("connpass: send: %w", net.ErrClosed))
+			return
+		}
+		for {
+			s.mu.Lock()
+			n := min(len(s.queue), MaxBatch)
+			batch := slices.Clone(s.queue[:n])
+			s.queue = s.queue[n:]
+			s.mu.Unlock()
+			if n == 0 {
+				break
+			}
+			s.sendBatch(batch)
+		}
+	}
+}
+
+// sendBatch sends one message and tells each connection its outcome.
+func (s *Sender) sendBatch(batch []*pending) {
+	msg := []byte{byte(len(batch))}
+	fds := make([]int, len(batch))
+	for i, p := range batch {
+		msg = append(append(msg, byte(len(p.held))), p.held...)
+		fds[i] = p.fd
+	}
+	_, _, werr := s.c.WriteMsgUnix(msg, unix.UnixRights(fds...), nil)
+	for _, fd := range fds {
+		unix.Close(fd) // the message holds its own references
+	}
 	if werr != nil {
-		return fmt.Errorf("connpass: send: %w", werr)
+		for _, p := range batch {
+			p.res <- fmt.Errorf("connpass: send: %w", werr)
+		}
+		return
 	}
 	s.c.SetReadDeadline(time.Now().Add(ackTimeout))
 	var b [1]byte
-	if _, err := s.c.Read(b[:]); err != nil {
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return fmt.Errorf("%w (%s)", ErrUnconfirmed, ackTimeout)
+	_, err := s.c.Read(b[:])
+	for i, p := range batch {
+		switch {
+		case err == nil && i < int(b[0]):
+			p.res <- nil
+		case err == nil:
+			p.res <- errNotTaken
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			p.res <- fmt.Errorf("%w (%s)", ErrUnconfirmed, ackTimeout)
+		default:
+			p.res <- fmt.Errorf("%w: %w", errNotTaken, err)
 		}
-		return fmt.Errorf("connpass: the receiver ended the channel before it took the connection: %w", err)
 	}
-	return nil
 }
 
-// Close ends the channel.
-func (s *Sender) Close() error { return s.c.Close() }
+// fail answers what is still queued with err.
+func (s *Sender) fail(err error) {
+	s.mu.Lock()
+	q := s.queue
+	s.queue = nil
+	s.mu.Unlock()
+	for _, p := range q {
+		unix.Close(p.fd)
+		p.res <- err
+	}
+}
+
+// Close ends the channel: a Send waiting in the queue fails, and keeps its
+// connection.
+func (s *Sender) Close() error {
+	s.once.Do(func() {
+		s.mu.Lock()
+		close(s.done)
+		s.mu.Unlock()
+		s.c.Close()
+	})
+	return nil
+}

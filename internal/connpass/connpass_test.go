@@ -4,6 +4,7 @@ package connpass
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -154,7 +155,7 @@ func TestReceiverRefusesNonSocket(t *testing.T) {
 	}
 	defer pr.Close()
 	defer pw.Close()
-	if _, _, err := c.WriteMsgUnix([]byte{1}, unix.UnixRights(int(pr.Fd())), nil); err != nil {
+	if _, _, err := c.WriteMsgUnix([]byte{1, 0}, unix.UnixRights(int(pr.Fd())), nil); err != nil { // one connection, no byte held
 		t.Fatal(err)
 	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -216,5 +217,70 @@ func BenchmarkPass(b *testing.B) {
 		c.Close()
 		client.Close()
 		b.StartTimer()
+	}
+}
+
+// TestPassBatch: connections sent at once, more than one message holds,
+// all reach the receiver, each with its own held bytes, and each Send
+// returns once its batch is acknowledged.
+func TestPassBatch(t *testing.T) {
+	const n = MaxBatch*2 + 7
+	r, err := Listen("", func(err error) { t.Errorf("receiver: %v", err) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	snd, err := Dial(r.Address(), os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snd.Close()
+	got := make(chan string, n)
+	go func() {
+		for range n {
+			c, err := r.Accept()
+			if err != nil {
+				return
+			}
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			b := make([]byte, 4)
+			io.ReadFull(c, b)
+			got <- string(b)
+			c.Close()
+		}
+	}()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		client, server := tcpPair(t)
+		io.WriteString(client, fmt.Sprintf("%02d", i%100))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			held := []byte(fmt.Sprintf("%02d", i%100))
+			errs <- snd.Send(server, held)
+			server.Close()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("send: %v", err)
+		}
+	}
+	seen := map[string]int{}
+	for range n {
+		select {
+		case s := <-got:
+			seen[s]++
+		case <-time.After(10 * time.Second):
+			t.Fatalf("received %d of %d", len(seen), n)
+		}
+	}
+	for k := range seen {
+		if k[:2] != k[2:] {
+			t.Errorf("a connection read %q: its held bytes and its own do not match", k)
+		}
 	}
 }
