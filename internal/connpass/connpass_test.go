@@ -284,3 +284,146 @@ func TestPassBatch(t *testing.T) {
 		}
 	}
 }
+
+// TestReceiverRefusesMalformed: a message whose count, held lengths or
+// descriptors do not agree ends its channel with an error, and nothing
+// reaches Accept.
+func TestReceiverRefusesMalformed(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		msg  []byte
+		fds  int
+		want string
+	}{
+		{name: "count above its descriptors", msg: []byte{2, 0, 0}, fds: 1, want: "without its descriptors"},
+		{name: "count below its descriptors", msg: []byte{1, 0}, fds: 2, want: "without its descriptors"},
+		{name: "no count", msg: []byte{}, fds: 1, want: "without its descriptors"},
+		{name: "no descriptor", msg: []byte{0}, fds: 0, want: "without its descriptors"},
+		{name: "count and no length", msg: []byte{1}, fds: 1, want: "malformed"},
+		{name: "held beyond MaxHeld", msg: append([]byte{1, MaxHeld + 1}, make([]byte, MaxHeld+1)...), fds: 1, want: "malformed"},
+		{name: "held cut short", msg: []byte{1, 5, 'a', 'b'}, fds: 1, want: "malformed"},
+		{name: "second length missing", msg: []byte{2, 0}, fds: 2, want: "malformed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var errs []error
+			r, err := Listen("", func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			accepted := make(chan net.Conn, 4)
+			go func() {
+				for {
+					c, err := r.Accept()
+					if err != nil {
+						return
+					}
+					accepted <- c
+				}
+			}()
+			c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: r.Address(), Net: "unixpacket"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			var fds []int
+			for range tc.fds {
+				_, s := tcpPair(t)
+				fds = append(fds, fdOf(t, s))
+			}
+			if len(tc.msg) == 0 {
+				tc.msg = nil
+			}
+			if _, _, err := c.WriteMsgUnix(tc.msg, unix.UnixRights(fds...), nil); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Read(make([]byte, 1)); err == nil {
+				t.Fatal("the receiver acknowledged a malformed message")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(errs) != 1 || !strings.Contains(errs[0].Error(), tc.want) {
+				t.Fatalf("receiver errors %v, want one saying %q", errs, tc.want)
+			}
+			if len(accepted) != 0 {
+				t.Error("a connection of a malformed message reached Accept")
+			}
+		})
+	}
+}
+
+// fdOf is c's descriptor, for a raw message.
+func fdOf(t *testing.T, c *net.TCPConn) int {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := -1
+	raw.Control(func(f uintptr) { fd = int(f) })
+	return fd
+}
+
+// TestSendHeldLimit: up to MaxHeld bytes read already go along; more are
+// refused before anything leaves.
+func TestSendHeldLimit(t *testing.T) {
+	r, err := Listen("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	go func() {
+		for {
+			c, err := r.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	snd, err := Dial(r.Address(), os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snd.Close()
+	_, server := tcpPair(t)
+	if err := snd.Send(server, make([]byte, MaxHeld)); err != nil {
+		t.Fatalf("send with %d bytes held: %v", MaxHeld, err)
+	}
+	_, server2 := tcpPair(t)
+	if err := snd.Send(server2, make([]byte, MaxHeld+1)); err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("send with %d bytes held: %v, want a refusal", MaxHeld+1, err)
+	}
+}
+
+// TestLookup finds listening receivers by the beginning of their address,
+// not their accepted ends, nor others.
+func TestLookup(t *testing.T) {
+	prefix := fmt.Sprintf("@handoff-conns-test-%d", os.Getpid())
+	r, err := Listen(prefix+"-g2-1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	other, err := Listen(prefix+"x-g2-1", nil) // another service's
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	for range 2 { // accepted ends show the name too
+		snd, err := Dial(r.Address(), os.Getpid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer snd.Close()
+	}
+	got, err := Lookup(prefix + "-g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0] != prefix+"-g2-1" {
+		t.Fatalf("Lookup = %q, want only %s-g2-1", got, prefix)
+	}
+}
