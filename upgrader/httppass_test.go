@@ -575,3 +575,21 @@ func TestHandOverWithBackgroundByte(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTPDrainPassesNewConn: a connection accepted that has sent nothing
+// yet when the drain begins goes over too, and the new generation answers
+// its first request.
+func TestHTTPDrainPassesNewConn(t *testing.T) {
+	pp := startPassPair(t, true)
+	c, br := dialKeepAlive(t, pp.oldLn)
+	waitStates(t, pp.oldS, http.StateNew, 1)
+	if err := pp.oldP.drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := pp.oldS.passed.Load(); n != 1 {
+		t.Errorf("passed %d connections, want the new one", n)
+	}
+	if body, closes := getOn(t, c, br, "/"); body != "new" || closes {
+		t.Fatalf("first request: %q close=%v, want new, kept open", body, closes)
+	}
+}
