@@ -3,6 +3,7 @@ package upgrader
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/http"
 	"os"
@@ -40,14 +41,34 @@ import (
 
 // connPassing links a pool's HTTPServers to the generation they serve: in
 // goroutine mode the Upgrader, in a worker process its worker side.
+//
+// Each is asked with the key of the server's listeners (serverKey): a
+// connection goes only to the server of the next generation that serves
+// the same sockets, never to another HTTPServer of the same program.
 type connPassing struct {
-	// addr is where this generation's receiver listens; "" for a fresh
-	// address, which publish then records.
-	addr    string
-	publish func(addr string)
-	// successor returns the receivers of the generation serving after
-	// this one, none if it is this one or has none.
-	successor func() []connTarget
+	// addr is where this generation's receiver for key listens; "" for
+	// a fresh address, which publish then records.
+	addr    func(key string) string
+	publish func(key, addr string)
+	// successor returns the receivers for key of the generation serving
+	// after this one, none if it is this one or has none.
+	successor func(key string) []connTarget
+}
+
+// serverKey names the set of sockets a server serves, the same in every
+// generation: a hash of their addresses.
+func serverKey(lns []net.Listener) string {
+	addrs := make([]string, len(lns))
+	for i, ln := range lns {
+		addrs[i] = ln.Addr().Network() + ":" + ln.Addr().String()
+	}
+	slices.Sort(addrs)
+	h := fnv.New32a()
+	for _, a := range addrs {
+		h.Write([]byte(a))
+		h.Write([]byte{0})
+	}
+	return fmt.Sprintf("%08x", h.Sum32())
 }
 
 // connTarget is a receiver of the next generation, and its process.
@@ -135,9 +156,10 @@ func (s *HTTPServer) setupPassing(w *Worker) {
 	if pass == nil || s.noPass != "" {
 		return // one that hands none over takes none over either
 	}
+	key := serverKey(w.Listeners)
 	dial := func() []*connpass.Sender {
 		var snds []*connpass.Sender
-		for _, t := range pass.successor() {
+		for _, t := range pass.successor(key) {
 			for range channelsPerReceiver {
 				snd, err := connpass.Dial(t.addr, t.pid)
 				if err != nil {
@@ -157,7 +179,11 @@ func (s *HTTPServer) setupPassing(w *Worker) {
 		}
 		return &senders{snds: snds, dial: dial}
 	})
-	recv, err := connpass.Listen(pass.addr, func(err error) {
+	addr := ""
+	if pass.addr != nil {
+		addr = pass.addr(key)
+	}
+	recv, err := connpass.Listen(addr, func(err error) {
 		w.Logger.Warn("connections from the previous generation refused", "err", err)
 	})
 	if err != nil {
@@ -166,7 +192,7 @@ func (s *HTTPServer) setupPassing(w *Worker) {
 	}
 	s.recv, s.recvDone = recv, make(chan struct{})
 	if pass.publish != nil {
-		pass.publish(recv.Address())
+		pass.publish(key, recv.Address())
 	}
 	// The receiver serves on through this generation's own drain: a
 	// connection an older generation passes meanwhile goes on to the next
@@ -293,25 +319,28 @@ func (s *HTTPServer) logPassed(w *Worker, start time.Time) {
 	}
 }
 
-// publishConns records where this generation receives connections; the
-// state file tells it with the ready.
-func (u *Upgrader) publishConns(addr string) {
+// publishConns records where this generation's server for key receives
+// connections; the state file tells it with the ready.
+func (u *Upgrader) publishConns(key, addr string) {
 	u.mu.Lock()
-	u.connsAddr = addr
-	u.mu.Unlock()
+	defer u.mu.Unlock()
+	if u.connsAddrs == nil {
+		u.connsAddrs = make(map[string]string)
+	}
+	u.connsAddrs[key] = addr
 }
 
 // successorConns returns where the serving generation receives
 // connections, if that is another generation than this one.
-func (u *Upgrader) successorConns() []connTarget {
+func (u *Upgrader) successorConns(key string) []connTarget {
 	if u.state == nil {
 		return nil
 	}
 	st, err := u.state.read()
-	if err != nil || st.PID == os.Getpid() || st.Conns == "" {
+	if err != nil || st.PID == os.Getpid() || st.Conns[key] == "" {
 		return nil
 	}
-	return []connTarget{{addr: st.Conns, pid: st.PID}}
+	return []connTarget{{addr: st.Conns[key], pid: st.PID}}
 }
 
 // connsPrefix begins the addresses the worker processes of this service
@@ -328,7 +357,7 @@ func (u *Upgrader) connsPrefix() string {
 }
 
 // workerConnPassing is a worker process's link to its generation's
-// passing: it receives on PREFIX-gGEN-PID and, at its drain, hands its
+// passing: it receives on PREFIX-kKEY-gGEN-PID and, at its drain, hands its
 // connections in turn to the workers of the oldest newer generation still
 // there: the next one, which is ready, since this one drains; once that
 // one has ended its own drain, the one after it.
@@ -338,8 +367,9 @@ func (u *Upgrader) workerConnPassing() *connPassing {
 		return nil
 	}
 	return &connPassing{
-		addr: fmt.Sprintf("%s-g%d-%d", prefix, u.gen, os.Getpid()),
-		successor: func() []connTarget {
+		addr: func(key string) string { return fmt.Sprintf("%s-k%s-g%d-%d", prefix, key, u.gen, os.Getpid()) },
+		successor: func(key string) []connTarget {
+			prefix := prefix + "-k" + key
 			addrs, err := connpass.Lookup(prefix + "-g")
 			if err != nil {
 				u.log.Warn("cannot find the new generation's workers to hand connections over to", "err", err)

@@ -44,13 +44,15 @@ func startPassPair(t *testing.T, newReceives bool) *passPair {
 	pp.newS, pp.newLn = mk("new")
 	pp.newP = newPool(1, pp.newS.Worker, []net.Listener{pp.newLn}, nil, discardLogger(), nil)
 	if newReceives {
-		pp.newP.pass = &connPassing{publish: func(a string) { addr = a }, successor: func() []connTarget { return nil }}
+		pp.newP.pass = &connPassing{publish: func(_, a string) { addr = a }, successor: func(string) []connTarget { return nil }}
 	}
 	pp.newP.start()
 	<-pp.newP.readyC
 	pp.oldS, pp.oldLn = mk("old")
 	pp.oldP = newPool(1, pp.oldS.Worker, []net.Listener{pp.oldLn}, nil, discardLogger(), nil)
-	pp.oldP.pass = &connPassing{publish: func(string) {}, successor: func() []connTarget {
+	// The two listen on different ports, so their keys differ: this
+	// pair's passing ignores the key (TestConnsByServerKey tests it).
+	pp.oldP.pass = &connPassing{publish: func(string, string) {}, successor: func(string) []connTarget {
 		if addr == "" {
 			return nil
 		}
@@ -591,5 +593,42 @@ func TestHTTPDrainPassesNewConn(t *testing.T) {
 	}
 	if body, closes := getOn(t, c, br, "/"); body != "new" || closes {
 		t.Fatalf("first request: %q close=%v, want new, kept open", body, closes)
+	}
+}
+
+// TestConnsByServerKey: a generation with two HTTPServers on different
+// sockets publishes a receiver for each, and a draining server finds only
+// the one that serves its own sockets, whatever the order of its
+// listeners.
+func TestConnsByServerKey(t *testing.T) {
+	lnA, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lnA.Close()
+	lnB, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lnB.Close()
+	keyA, keyAB, keyBA := serverKey([]net.Listener{lnA}), serverKey([]net.Listener{lnA, lnB}), serverKey([]net.Listener{lnB, lnA})
+	if keyA == keyAB || keyAB != keyBA {
+		t.Fatalf("keys: A %s, A+B %s, B+A %s; want A apart, the order not to matter", keyA, keyAB, keyBA)
+	}
+	u, _ := probationUpgrader(t, 0)
+	u.publishConns(keyA, "@a")
+	u.publishConns(keyAB, "@ab")
+	if err := u.writeState(time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	// As the previous generation sees it: another pid serves.
+	if err := u.state.update(func(st *genState) { st.PID = os.Getpid() + 1 }); err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]string{keyA: "@a", keyAB: "@ab", "other": ""} {
+		got := u.successorConns(key)
+		if want == "" && len(got) != 0 || want != "" && (len(got) != 1 || got[0].addr != want || got[0].pid != os.Getpid()+1) {
+			t.Errorf("successorConns(%s) = %+v, want %q", key, got, want)
+		}
 	}
 }

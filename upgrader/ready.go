@@ -3,6 +3,7 @@ package upgrader
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"strings"
 	"time"
@@ -95,7 +96,7 @@ func (u *Upgrader) writeState(upgradeStart time.Time) error {
 	u.absorbDrains()
 	u.mu.Lock()
 	st := u.statsToPassLocked()
-	conns := u.connsAddr
+	conns := maps.Clone(u.connsAddrs)
 	u.mu.Unlock()
 	return u.state.write(genState{Generation: u.gen, PID: os.Getpid(), Version: u.opts.Version, FirstStart: u.first,
 		UpgradeStart: upgradeStart, Stats: st, Conns: conns})

@@ -34,8 +34,9 @@ type genState struct {
 	// generation standing by (probation.go).
 	Stopping bool `json:"stopping,omitempty"`
 	// Conns is where the generation that wrote it receives the
-	// connections of the one before (httppass.go).
-	Conns string `json:"conns,omitempty"`
+	// connections of the one before, by the key of the sockets its server
+	// serves (httppass.go).
+	Conns map[string]string `json:"conns_by_server,omitempty"`
 }
 
 // stateFile is shared by every generation of a service. Mostly one of them

@@ -93,9 +93,9 @@ type Upgrader struct {
 	standing    atomic.Bool
 	standbyEnd  chan struct{}
 	standbyOnce sync.Once
-	// connsAddr is where this generation's HTTPServer receives the
-	// previous generation's connections (httppass.go).
-	connsAddr string
+	// connsAddrs is where this generation's HTTPServers receive the
+	// previous generation's connections, by serverKey (httppass.go).
+	connsAddrs map[string]string
 	// kept: the sockets kept for the stand-by, copied once (keepOnce) by
 	// the first of stopAccepting and the drain, before either closes the
 	// listeners.
