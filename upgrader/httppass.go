@@ -19,25 +19,26 @@ import (
 
 // Handing an HTTPServer's keep-alive connections to the next generation.
 //
-// A generation of goroutine workers receives connections on a
-// connpass.Receiver, whose address it publishes in the state file with
-// its ready (connPassing.publish). When it drains after an upgrade, each
-// HTTP/1.1 connection that waits for its next request is passed to the
-// new generation, which serves it as if it had accepted it: the client
-// sees neither a close nor a Connection: close. A response written during
-// such a drain keeps the connection open, and the connection moves once
-// it waits again.
+// Every HTTPServer that may hand over listens on a connpass.Receiver for
+// the connections of the generation before it: in goroutine mode at an
+// address the state file names with the ready, in a worker process at one
+// named by the service, the server's sockets, the generation and the pid
+// (workerConnPassing). When it drains after an upgrade, each plain
+// HTTP/1.1 connection goes to the new generation, which serves it as if
+// it had accepted it: the client sees neither a close nor a Connection:
+// close.
 //
-// A connection moves only when net/http holds no byte of it: its serving
-// goroutine is in the first read since the connection went idle (or
-// new), asking for its whole buffer, so nothing was read ahead. handOver
-// interrupts that read with a deadline in the past; if a byte came first,
-// the connection stays and is served here. Bytes still in the kernel's
-// buffer travel with the socket.
+// A connection moves at a request boundary, from the goroutine serving it
+// (trackedConn.Read calls tryPass before its first read after a request)
+// and only when net/http holds no byte of it, or only the one byte of its
+// background read, which goes along. A connection waiting for its next
+// request is interrupted (passIdle) to get there. Bytes still in the
+// kernel's buffer travel with the socket. A response during the drain
+// keeps its connection open once, so that it moves at its next boundary.
 //
 // What cannot move drains as before, with the reason in the log: TLS (and
-// so HTTP/2) connections, process workers, no receiver in the new
-// generation, or a channel that failed.
+// so HTTP/2) connections, NoHandOver, a connection the HandOver hook
+// keeps, no receiver in the new generation, or channels that all failed.
 
 // connPassing links a pool's HTTPServers to the generation they serve: in
 // goroutine mode the Upgrader, in a worker process its worker side.
