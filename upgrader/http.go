@@ -28,8 +28,13 @@ const newConnGrace = 5 * time.Second
 // WorkerFunc to pass to Upgrader.Serve.
 //
 // A drain first stops accepting: the listeners are closed and every accept
-// loop has returned. Each connection then finishes its request with
-// "Connection: close", an idle keep-alive connection gets IdleGrace to send
+// loop has returned. After an upgrade, on Linux, each plain HTTP/1.1
+// connection then goes over to the new generation's HTTPServer of the same
+// sockets at its next request boundary, its socket passed with SCM_RIGHTS
+// (see httppass.go): the client never reconnects. A connection that cannot
+// (TLS, NoHandOver, no receiver in the new generation) finishes its
+// request with "Connection: close", an idle keep-alive connection gets
+// IdleGrace to send
 // one more request (answered the same way) before it is closed, a request
 // whose first bytes have arrived is never taken for idle (its deadline is
 // the server's own ReadHeaderTimeout, and one closed unanswered during the
