@@ -240,7 +240,7 @@ func (s *HTTPServer) drainConns(ctx context.Context, w *Worker, start time.Time,
 			cut := s.closeAll()
 			w.pool.addCut(cut)
 			w.Logger.Warn("drain timeout: connections cut", "cut", cut, "duration", time.Since(start).Round(time.Millisecond))
-			s.recvStop()
+			s.stopReceiving()
 			s.Server.Close()
 			return false
 		case <-tick:

@@ -29,7 +29,7 @@ func (l trackedListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &trackedConn{Conn: c, plain: l.plain, inbound: l.inbound, idle: l.idle, awaitFirst: l.inbound, pass: l.pass}, nil
+	return &trackedConn{Conn: c, plain: l.plain, idle: l.idle, awaitFirst: l.inbound, pass: l.pass}, nil
 }
 
 // netHTTPReadBuf is the size of the buffered reader net/http reads a
@@ -82,7 +82,6 @@ type trackedConn struct {
 	// there: until its first byte it waits under the server's idle
 	// timeout, as an idle one does, not under the header timeout that
 	// net/http gives a new connection at once (acceptedDeadlineLocked).
-	inbound    bool
 	idle       time.Duration
 	awaitFirst bool
 	headerFor  time.Duration // the header timeout net/http asked, from the first byte

@@ -216,15 +216,9 @@ func (s *HTTPServer) stopReceiving() bool {
 	if s.recv == nil {
 		return false
 	}
-	s.recvStop()
+	s.recv.Close()
+	<-s.recvDone
 	return true
-}
-
-func (s *HTTPServer) recvStop() {
-	if s.recv != nil {
-		s.recv.Close()
-		<-s.recvDone
-	}
 }
 
 // passing reports whether this draining server hands its connections to
@@ -304,10 +298,12 @@ type trackedKey struct{}
 // logNoPass tells, at the start of a drain with connections open, why they
 // drain here.
 func (s *HTTPServer) logNoPass(w *Worker) {
-	if s.passing() || s.noPass == "" || s.openConns() == 0 {
+	if s.passing() || s.noPass == "" {
 		return
 	}
-	w.Logger.Info("keep-alive connections drain here: "+s.noPass, "open", s.openConns())
+	if n := s.openConns(); n > 0 {
+		w.Logger.Info("keep-alive connections drain here: "+s.noPass, "open", n)
+	}
 }
 
 // logPassed tells how many connections the drain handed over.

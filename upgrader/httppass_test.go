@@ -415,7 +415,7 @@ func (c *deadlineConn) Read(b []byte) (int, error) { return copy(b, "G"), nil }
 func TestInboundConnWaitsAsIdle(t *testing.T) {
 	for _, idle := range []time.Duration{0, time.Hour} {
 		dc := &deadlineConn{}
-		c := &trackedConn{Conn: dc, plain: true, inbound: true, idle: idle, awaitFirst: true}
+		c := &trackedConn{Conn: dc, plain: true, idle: idle, awaitFirst: true}
 		c.waiting()
 		c.SetReadDeadline(time.Now().Add(10 * time.Second)) // net/http's ReadHeaderTimeout
 		got := dc.deadlines[0]
