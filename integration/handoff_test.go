@@ -32,19 +32,17 @@ func waitCount(t *testing.T, c *atomic.Int64, n int64) {
 // were sent; the result arrives on the returned channel.
 func startLoad(t *testing.T, s *service, keepAlive bool, requests int64, done <-chan struct{}, completed *atomic.Int64) <-chan load.Result {
 	t.Helper()
+	return startLoadConfig(t, load.Config{Addr: s.addr, Concurrency: 200, Requests: requests, Until: done,
+		KeepAlive: keepAlive, PostEvery: 2, Completed: completed})
+}
+
+// startLoadConfig runs cfg, bounded by the test's deadline; the result arrives
+// on the returned channel.
+func startLoadConfig(t *testing.T, cfg load.Config) <-chan load.Result {
+	t.Helper()
+	cfg.MaxDuration = time.Until(deadline(t))
 	out := make(chan load.Result, 1)
-	go func() {
-		out <- load.Run(context.Background(), load.Config{
-			Addr:        s.addr,
-			Concurrency: 200,
-			Requests:    requests,
-			Until:       done,
-			MaxDuration: time.Until(deadline(t)),
-			KeepAlive:   keepAlive,
-			PostEvery:   2,
-			Completed:   completed,
-		})
-	}()
+	go func() { out <- load.Run(context.Background(), cfg) }()
 	return out
 }
 
@@ -189,13 +187,8 @@ func TestKeepAliveConnsCrossUpgrades(t *testing.T) {
 		s := startHello(t, helloV1, m.args...)
 		var completed atomic.Int64
 		done := make(chan struct{})
-		results := make(chan load.Result, 1)
-		go func() {
-			results <- load.Run(context.Background(), load.Config{
-				Addr: s.addr, Concurrency: clients, Requests: 20000, Until: done,
-				MaxDuration: time.Until(deadline(t)), KeepAlive: true, PostEvery: 2, Completed: &completed,
-			})
-		}()
+		results := startLoadConfig(t, load.Config{Addr: s.addr, Concurrency: clients, Requests: 20000, Until: done,
+			KeepAlive: true, PostEvery: 2, Completed: &completed})
 		waitCount(t, &completed, 2000)
 		for i := range 5 {
 			gen := i + 2
@@ -229,14 +222,8 @@ func TestIdleRaceThroughUpgrades(t *testing.T) {
 		s := startHello(t, helloV1, m.args...)
 		var completed atomic.Int64
 		done := make(chan struct{})
-		results := make(chan load.Result, 1)
-		go func() {
-			results <- load.Run(context.Background(), load.Config{
-				Addr: s.addr, Concurrency: 100, Requests: 1, Until: done,
-				MaxDuration: time.Until(deadline(t)), KeepAlive: true, PostEvery: 1,
-				Think: 1500 * time.Millisecond, Completed: &completed,
-			})
-		}()
+		results := startLoadConfig(t, load.Config{Addr: s.addr, Concurrency: 100, Requests: 1, Until: done,
+			KeepAlive: true, PostEvery: 1, Think: 1500 * time.Millisecond, Completed: &completed})
 		waitCount(t, &completed, 100)
 		for i := range 10 {
 			from := s.log.len()

@@ -41,16 +41,8 @@ func tcpPair(t *testing.T) (client, server *net.TCPConn) {
 // the bytes the client sent before the pass still to read, and it
 // outlives the sender's copy.
 func TestPassKeepsTheConnection(t *testing.T) {
-	r, err := Listen("", func(err error) { t.Errorf("receiver: %v", err) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	snd, err := Dial(r.Address(), os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer snd.Close()
+	r := listen(t, func(err error) { t.Errorf("receiver: %v", err) })
+	snd := dial(t, r)
 	client, server := tcpPair(t)
 	client.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.WriteString(client, "before"); err != nil {
@@ -92,18 +84,11 @@ func TestPassKeepsTheConnection(t *testing.T) {
 // a Send fails without the descriptor leaving: the error does not say
 // unconfirmed, and the sender's copy still works.
 func TestSendToClosedReceiverLeavesTheConnection(t *testing.T) {
-	r, err := Listen("", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	snd, err := Dial(r.Address(), os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer snd.Close()
+	r := listen(t, nil)
+	snd := dial(t, r)
 	r.Close()
 	client, server := tcpPair(t)
-	err = snd.Send(server, nil)
+	err := snd.Send(server, nil)
 	if err == nil {
 		t.Fatal("send to a closed receiver succeeded")
 	}
@@ -124,11 +109,7 @@ func TestSendToClosedReceiverLeavesTheConnection(t *testing.T) {
 // TestDialChecksThePID: a sender refuses a receiver that is not the
 // process it expects.
 func TestDialChecksThePID(t *testing.T) {
-	r, err := Listen("", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r := listen(t, nil)
 	if _, err := Dial(r.Address(), os.Getpid()+1); err == nil || !strings.Contains(err.Error(), "not the expected pid") {
 		t.Fatalf("dial with the wrong pid: %v, want a refusal", err)
 	}
@@ -139,11 +120,7 @@ func TestDialChecksThePID(t *testing.T) {
 func TestReceiverRefusesNonSocket(t *testing.T) {
 	var mu sync.Mutex
 	var errs []error
-	r, err := Listen("", func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r := listen(t, func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() })
 	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: r.Address(), Net: "unixpacket"})
 	if err != nil {
 		t.Fatal(err)
@@ -172,16 +149,8 @@ func TestReceiverRefusesNonSocket(t *testing.T) {
 // BenchmarkPass is the cost of handing one connection over: the message
 // with its descriptor, the receiver's Accept, the acknowledgement.
 func BenchmarkPass(b *testing.B) {
-	r, err := Listen("", nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer r.Close()
-	snd, err := Dial(r.Address(), os.Getpid())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer snd.Close()
+	r := listen(b, nil)
+	snd := dial(b, r)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -225,16 +194,8 @@ func BenchmarkPass(b *testing.B) {
 // returns once its batch is acknowledged.
 func TestPassBatch(t *testing.T) {
 	const n = MaxBatch*2 + 7
-	r, err := Listen("", func(err error) { t.Errorf("receiver: %v", err) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	snd, err := Dial(r.Address(), os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer snd.Close()
+	r := listen(t, func(err error) { t.Errorf("receiver: %v", err) })
+	snd := dial(t, r)
 	got := make(chan string, n)
 	go func() {
 		for range n {
@@ -307,11 +268,7 @@ func TestReceiverRefusesMalformed(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var mu sync.Mutex
 			var errs []error
-			r, err := Listen("", func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() })
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
+			r := listen(t, func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() })
 			accepted := make(chan net.Conn, 4)
 			go func() {
 				for {
@@ -369,11 +326,7 @@ func fdOf(t *testing.T, c *net.TCPConn) int {
 // TestSendHeldLimit: up to MaxHeld bytes read already go along; more are
 // refused before anything leaves.
 func TestSendHeldLimit(t *testing.T) {
-	r, err := Listen("", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r := listen(t, nil)
 	go func() {
 		for {
 			c, err := r.Accept()
@@ -383,11 +336,7 @@ func TestSendHeldLimit(t *testing.T) {
 			c.Close()
 		}
 	}()
-	snd, err := Dial(r.Address(), os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer snd.Close()
+	snd := dial(t, r)
 	_, server := tcpPair(t)
 	if err := snd.Send(server, make([]byte, MaxHeld)); err != nil {
 		t.Fatalf("send with %d bytes held: %v", MaxHeld, err)
@@ -413,11 +362,7 @@ func TestLookup(t *testing.T) {
 	}
 	defer other.Close()
 	for range 2 { // accepted ends show the name too
-		snd, err := Dial(r.Address(), os.Getpid())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer snd.Close()
+		dial(t, r)
 	}
 	got, err := Lookup(prefix + "-g")
 	if err != nil {
@@ -426,4 +371,26 @@ func TestLookup(t *testing.T) {
 	if len(got) != 1 || got[0] != prefix+"-g2-1" {
 		t.Fatalf("Lookup = %q, want only %s-g2-1", got, prefix)
 	}
+}
+
+// listen starts a receiver on a fresh address, closed with the test.
+func listen(t testing.TB, onErr func(error)) *Receiver {
+	t.Helper()
+	r, err := Listen("", onErr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// dial opens a channel to r, closed with the test.
+func dial(t testing.TB, r *Receiver) *Sender {
+	t.Helper()
+	snd, err := Dial(r.Address(), os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { snd.Close() })
+	return snd
 }
