@@ -9,11 +9,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gohandoff/handoff/internal/connpass"
 )
 
 // passPair is two generations of an HTTPServer in this process: old passes
@@ -621,6 +624,9 @@ func TestConnsByServerKey(t *testing.T) {
 	if err := u.writeState(time.Time{}); err != nil {
 		t.Fatal(err)
 	}
+	if got := u.successorConns(keyA); len(got) != 0 {
+		t.Errorf("successorConns in the generation that wrote them = %+v, want none: it must not hand connections to itself", got)
+	}
 	// As the previous generation sees it: another pid serves.
 	if err := u.state.update(func(st *genState) { st.PID = os.Getpid() + 1 }); err != nil {
 		t.Fatal(err)
@@ -630,5 +636,61 @@ func TestConnsByServerKey(t *testing.T) {
 		if want == "" && len(got) != 0 || want != "" && (len(got) != 1 || got[0].addr != want || got[0].pid != os.Getpid()+1) {
 			t.Errorf("successorConns(%s) = %+v, want %q", key, got, want)
 		}
+	}
+}
+
+// TestSendersRedial: a drain whose channels are all gone looks for a newer
+// generation again, at most maxRedials times, and never while a channel
+// is left.
+func TestSendersRedial(t *testing.T) {
+	dials := 0
+	ss := &senders{dial: func() []*connpass.Sender { dials++; return nil }}
+	for range maxRedials + 2 {
+		if ss.pick() != nil {
+			t.Fatal("picked a channel where none is")
+		}
+	}
+	if dials != maxRedials {
+		t.Errorf("redialled %d times, want %d", dials, maxRedials)
+	}
+	dials = 0
+	ss = &senders{snds: []*connpass.Sender{{}}, dial: func() []*connpass.Sender { dials++; return nil }}
+	if ss.pick() == nil || dials != 0 {
+		t.Errorf("with a channel left: picked nil or redialled (%d)", dials)
+	}
+}
+
+// TestKeepOpen: during a drain that hands over, a response leaves its
+// plain connection open once, so that it moves at its next boundary; the
+// next response, a connection the HandOver hook keeps, a TLS connection,
+// and a drain that hands nothing over say Connection: close.
+func TestKeepOpen(t *testing.T) {
+	req := func(c *trackedConn) *http.Request {
+		r := httptest.NewRequest("GET", "/", nil)
+		return r.WithContext(context.WithValue(r.Context(), trackedKey{}, c))
+	}
+	passing := &senders{snds: []*connpass.Sender{{}}}
+	s := &HTTPServer{passTo: func() *senders { return passing }}
+	plain := &trackedConn{plain: true}
+	if !s.keepOpen(req(plain)) {
+		t.Error("the first response during the drain closes its connection")
+	}
+	if s.keepOpen(req(plain)) {
+		t.Error("the second response on a connection that did not move keeps it open")
+	}
+	if s.keepOpen(req(&trackedConn{})) {
+		t.Error("a TLS connection's response keeps it open")
+	}
+	if s.keepOpen(httptest.NewRequest("GET", "/", nil)) {
+		t.Error("a request with no tracked connection keeps it open")
+	}
+	s.HandOver = func(net.Conn) bool { return false }
+	if s.keepOpen(req(&trackedConn{plain: true})) {
+		t.Error("a connection the HandOver hook keeps is left open")
+	}
+	s.HandOver = nil
+	s.passTo = func() *senders { return nil }
+	if s.keepOpen(req(&trackedConn{plain: true})) {
+		t.Error("a drain that hands nothing over leaves a connection open")
 	}
 }
