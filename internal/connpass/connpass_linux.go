@@ -5,8 +5,12 @@
 //
 // The receiver listens on an abstract unix address (no file to clean up)
 // and takes connections only from a peer of its own uid; the sender checks
-// that the receiver is the process it expects. One connection is in flight
-// at a time on a channel: Send returns once the receiver has it.
+// that the receiver is the process it expects. One message, of up to
+// MaxBatch connections, is in flight at a time on a channel, so that a
+// channel holds at most MaxBatch connections between the two processes;
+// Send returns once the receiver has its connection. A channel whose
+// message goes unacknowledged, or that breaks, is closed, and the
+// connections queued behind stay with the sender.
 //
 // Either the receiver serves a connection or the sender keeps it, never
 // both: the receiver acknowledges a connection only once its Accept has
@@ -36,8 +40,9 @@ import (
 const Supported = true
 
 // ackTimeout bounds the wait for a receiver's acknowledgement of one
-// connection: a receiver alive but that long stalled leaves it in doubt.
-const ackTimeout = 10 * time.Second
+// message: a receiver alive but that long stalled leaves its connections
+// in doubt, and its channel is closed. A variable for the tests.
+var ackTimeout = 10 * time.Second
 
 // PeerCred returns the credentials of the process at the other end of c.
 func PeerCred(c *net.UnixConn) (*unix.Ucred, error) {

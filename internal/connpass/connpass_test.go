@@ -394,3 +394,62 @@ func dial(t testing.TB, r *Receiver) *Sender {
 	t.Cleanup(func() { snd.Close() })
 	return snd
 }
+
+// TestSenderStopsAfterUnconfirmed: a receiver that takes a message and
+// never acknowledges it leaves that connection in doubt (ErrUnconfirmed),
+// and its channel is not trusted with more: a connection queued behind
+// stays with the sender, none is sent after, and the channel closes.
+func TestSenderStopsAfterUnconfirmed(t *testing.T) {
+	defer func(d time.Duration) { ackTimeout = d }(ackTimeout)
+	ackTimeout = time.Second
+	addr := fmt.Sprintf("@handoff-conns-test-silent-%d", os.Getpid())
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: addr, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	snd, err := Dial(addr, os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snd.Close()
+	peer, err := ln.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+
+	_, first := tcpPair(t)
+	firstErr := make(chan error, 1)
+	go func() { firstErr <- snd.Send(first, nil) }()
+	buf, oob := make([]byte, 64), make([]byte, 64)
+	if n, _, _, _, err := peer.ReadMsgUnix(buf, oob); err != nil || n == 0 {
+		t.Fatalf("the silent receiver read %d, %v; want the first message", n, err)
+	}
+	// The first message is out and waits for its acknowledgement: the
+	// second connection waits in the queue.
+	client2, second := tcpPair(t)
+	secondErr := make(chan error, 1)
+	go func() { secondErr <- snd.Send(second, nil) }()
+
+	if err := <-firstErr; !errors.Is(err, ErrUnconfirmed) {
+		t.Fatalf("first send: %v, want ErrUnconfirmed", err)
+	}
+	if err := <-secondErr; err == nil || errors.Is(err, ErrUnconfirmed) {
+		t.Fatalf("second send: %v, want an error that leaves the connection with the sender", err)
+	}
+	_, third := tcpPair(t)
+	if err := snd.Send(third, nil); err == nil || errors.Is(err, ErrUnconfirmed) {
+		t.Fatalf("send on the failed channel: %v, want it refused", err)
+	}
+	if n, oobn, _, _, err := peer.ReadMsgUnix(buf, oob); n != 0 || oobn != 0 || (err != nil && !errors.Is(err, io.EOF)) {
+		t.Fatalf("after the timeout the receiver read %d bytes and %d of rights (%v); want the channel closed", n, oobn, err)
+	}
+	// The second connection is still the sender's to serve.
+	second.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(client2, "x")
+	if _, err := second.Read(make([]byte, 1)); err != nil {
+		t.Fatalf("the sender's copy of the queued connection: %v", err)
+	}
+}

@@ -116,13 +116,21 @@ func (s *Sender) flush() {
 			if n == 0 {
 				break
 			}
-			s.sendBatch(batch)
+			if !s.sendBatch(batch) {
+				// A channel that failed once is not trusted with more:
+				// what waits in its queue stays with the sender, to go
+				// by another channel or drain there.
+				s.closeChannel()
+				s.fail(fmt.Errorf("%w: its channel failed", errNotTaken))
+				return
+			}
 		}
 	}
 }
 
-// sendBatch sends one message and tells each connection its outcome.
-func (s *Sender) sendBatch(batch []*pending) {
+// sendBatch sends one message and tells each connection its outcome; it
+// reports whether the channel is still good.
+func (s *Sender) sendBatch(batch []*pending) bool {
 	msg := []byte{byte(len(batch))}
 	fds := make([]int, len(batch))
 	for i, p := range batch {
@@ -137,7 +145,7 @@ func (s *Sender) sendBatch(batch []*pending) {
 		for _, p := range batch {
 			p.res <- fmt.Errorf("connpass: send: %w", werr)
 		}
-		return
+		return false
 	}
 	s.c.SetReadDeadline(time.Now().Add(ackTimeout))
 	var b [1]byte
@@ -154,6 +162,7 @@ func (s *Sender) sendBatch(batch []*pending) {
 			p.res <- fmt.Errorf("%w: %w", errNotTaken, err)
 		}
 	}
+	return err == nil && int(b[0]) == len(batch)
 }
 
 // fail answers what is still queued with err.
@@ -171,11 +180,16 @@ func (s *Sender) fail(err error) {
 // Close ends the channel: a Send waiting in the queue fails, and keeps its
 // connection.
 func (s *Sender) Close() error {
+	s.closeChannel()
+	return nil
+}
+
+// closeChannel ends the channel once: Sends from then on fail at once.
+func (s *Sender) closeChannel() {
 	s.once.Do(func() {
 		s.mu.Lock()
 		close(s.done)
 		s.mu.Unlock()
 		s.c.Close()
 	})
-	return nil
 }
