@@ -6,6 +6,14 @@
 // serve: a new generation that hangs before ready. Built with
 // -X main.version=crash-after-ready, every worker exits 300ms after it
 // starts: a build that reports ready, then crashes under traffic.
+//
+// Two builds fail while they take the previous generation's keep-alive
+// connections over; only the first of their processes to take its 100th
+// connection does (the one that creates the file fault-taken next to its
+// binary), so that a test knows where the fault struck:
+// -X main.version=die-taking-conns kills itself there with SIGKILL, and
+// -X main.version=stall-taking-conns stops taking connections there until
+// the file fault-release appears next to its binary (a minute at most).
 package main
 
 import (
@@ -16,12 +24,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gohandoff/handoff/upgrader"
@@ -126,6 +138,9 @@ func run() error {
 		json.NewEncoder(w).Encode(in)
 	})
 	srv := &upgrader.HTTPServer{Server: &http.Server{Handler: mux}}
+	if version == "die-taking-conns" || version == "stall-taking-conns" {
+		srv.Server.ConnState = faultTakingConns(log)
+	}
 	worker := srv.Worker
 	if *hang {
 		worker = func(ctx context.Context, w *upgrader.Worker) error {
@@ -148,4 +163,39 @@ func run() error {
 		}
 	}
 	return upg.Serve(context.Background(), worker)
+}
+
+// faultTakingConns is the ConnState hook of the builds that fail while
+// taking connections over: net/http calls it for a new connection in the
+// loop that accepts it, so that a stall there stops the taking.
+func faultTakingConns(log *slog.Logger) func(net.Conn, http.ConnState) {
+	var taken atomic.Int64
+	return func(_ net.Conn, st http.ConnState) {
+		if st != http.StateNew || taken.Add(1) != 100 {
+			return
+		}
+		exe, err := os.Executable()
+		if err != nil {
+			log.Error("fault build: no executable", "err", err)
+			return
+		}
+		dir := filepath.Dir(exe)
+		f, err := os.OpenFile(filepath.Join(dir, "fault-taken"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		if err != nil {
+			return // another process of the build struck already
+		}
+		f.Close()
+		if version == "die-taking-conns" {
+			log.Error("fault: killed after taking 100 connections", "pid", os.Getpid())
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+		log.Warn("fault: stalls after taking 100 connections", "pid", os.Getpid())
+		for end := time.Now().Add(time.Minute); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+			if _, err := os.Stat(filepath.Join(dir, "fault-release")); err == nil {
+				break
+			}
+		}
+		log.Warn("fault: takes connections again", "pid", os.Getpid())
+	}
 }
