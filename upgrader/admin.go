@@ -29,7 +29,7 @@ func (u *Upgrader) ServeAdmin(network, addr string, h http.Handler) (net.Addr, e
 	if h == nil {
 		return nil, errors.New("upgrader: ServeAdmin with a nil handler")
 	}
-	if u.worker != nil {
+	if !u.as().servesAdmin() {
 		return nil, nil
 	}
 	ln, err := u.listen(network, addr)

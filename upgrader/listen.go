@@ -30,16 +30,7 @@ func (u *Upgrader) listen(network, addr string) (net.Listener, error) {
 // Listen returns a listener inherited from the previous generation, or
 // creates it. Call it before Serve, for every listener the service needs.
 func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
-	var ln net.Listener
-	var err error
-	if u.worker != nil {
-		ln, err = u.worker.listen(network, addr)
-		if err != nil {
-			err = fmt.Errorf("upgrader: listen on %s %s: %w", network, addr, err)
-		}
-	} else {
-		ln, err = u.listen(network, addr)
-	}
+	ln, err := u.as().listen(network, addr)
 	if err != nil {
 		return nil, err
 	}
@@ -56,17 +47,9 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 // ListenPacket returns a packet conn inherited from the previous
 // generation, or creates it. Call it before Serve.
 func (u *Upgrader) ListenPacket(network, addr string) (net.PacketConn, error) {
-	var pc net.PacketConn
-	var err error
-	if u.worker != nil {
-		pc, err = u.worker.listenPacket(network, addr)
-	} else if err = u.claim(network, addr); err != nil {
-		return nil, err
-	} else if pc, err = u.activatedPacketConn(network, addr); err == nil && pc == nil {
-		pc, err = u.tf.ListenPacket(network, addr)
-	}
+	pc, err := u.as().listenPacket(network, addr)
 	if err != nil {
-		return nil, fmt.Errorf("upgrader: listen on %s %s: %w", network, addr, err)
+		return nil, err
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()

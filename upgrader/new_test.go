@@ -638,6 +638,9 @@ func TestNewTakesWorkerRole(t *testing.T) {
 	if u.worker == nil || u.worker.id != 2 || u.gen != 7 {
 		t.Fatalf("worker marker 2:7: worker %+v, generation %d; want worker 2 of generation 7", u.worker, u.gen)
 	}
+	if _, ok := u.as().(workerRole); !ok {
+		t.Fatalf("a worker process's role is %T, want workerRole", u.as())
+	}
 	if h.opts.UpgradeTimeout != 0 {
 		t.Error("a worker started a handover of its own")
 	}

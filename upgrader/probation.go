@@ -57,7 +57,7 @@ func (u *Upgrader) stopAccepting() {
 	if p == nil {
 		return
 	}
-	if u.opts.Probation > 0 && u.worker == nil {
+	if u.as().standsBy() {
 		u.keptSockets()
 	}
 	p.stopAccepting()

@@ -20,11 +20,10 @@ func (u *Upgrader) Ready() <-chan struct{} { return u.ready }
 // Serve drains the pool and returns. Stop returns once the sockets this
 // process must clean up (its unix sockets, unless a new generation took
 // them over) are removed. It is safe to call more than once.
-func (u *Upgrader) Stop() {
-	if u.worker != nil {
-		u.worker.stop()
-		return
-	}
+func (u *Upgrader) Stop() { u.as().stop() }
+
+// stopMaster is Stop in the master.
+func (u *Upgrader) stopMaster() {
 	u.mu.Lock()
 	if u.ppid != 0 && !u.isReady {
 		// tableflip would unlink the unix sockets this new generation

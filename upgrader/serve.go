@@ -22,10 +22,10 @@ import (
 // exits.
 //
 // Create every listener with Listen or ListenPacket before calling Serve.
-func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error {
-	if u.worker != nil {
-		return u.serveWorker(ctx, fn)
-	}
+func (u *Upgrader) Serve(ctx context.Context, fn WorkerFunc) error { return u.as().serve(ctx, fn) }
+
+// serveMaster is Serve in the master.
+func (u *Upgrader) serveMaster(ctx context.Context, fn WorkerFunc) error {
 	u.mu.Lock()
 	if u.pool != nil {
 		u.mu.Unlock()
@@ -245,7 +245,7 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 // this one: at once, or with a probation once the stand-by is over. It
 // returns a channel closed when the stand-by is over, nil without one.
 func (u *Upgrader) standByOrLetGo() (standDone chan struct{}) {
-	if u.opts.Probation <= 0 || u.worker != nil {
+	if !u.as().standsBy() {
 		u.releaseParentLink()
 		return nil
 	}

@@ -51,12 +51,7 @@ type UpgradeResult struct {
 // Options.MaxDraining of them (overlap.go). With a probation, a call made
 // while the previous generation stands by waits, bounded by ctx, until the
 // probation is over.
-func (u *Upgrader) Upgrade(ctx context.Context) (UpgradeResult, error) {
-	if u.worker != nil {
-		return UpgradeResult{OldPID: os.Getpid()}, errWorkerUpgrade
-	}
-	return u.upgrade(ctx, func(string, string) {})
-}
+func (u *Upgrader) Upgrade(ctx context.Context) (UpgradeResult, error) { return u.as().upgrade(ctx) }
 
 func (u *Upgrader) upgrade(ctx context.Context, progress func(step, msg string)) (UpgradeResult, error) {
 	res := UpgradeResult{OldPID: os.Getpid()}

@@ -102,7 +102,8 @@ type Upgrader struct {
 	kept     *keptSockets
 	keepOnce sync.Once
 
-	worker  *workerSide // set in a worker process
+	role    role        // a worker process's (newWorker); nil in the master (see as)
+	worker  *workerSide // a worker process's inheritance; nil in the master
 	rolling atomic.Bool
 
 	realStderr  *os.File // a new generation's inherited real stderr

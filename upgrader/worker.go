@@ -103,6 +103,7 @@ func newWorker(opts Options, w *workerSide, gen int) *Upgrader {
 		drainSt: newDrainState(),
 		sigs:    notifySignals(stopSignals, masterSignals),
 	}
+	u.role = workerRole{u: u, w: w}
 	close(u.parent)
 	u.opts.PIDFile, u.opts.ControlSocket, u.opts.Workers = "", "", 1
 	u.log = opts.Logger.With("pid", os.Getpid(), "generation", gen, "worker", w.id)
