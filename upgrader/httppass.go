@@ -89,13 +89,16 @@ func (ss *senders) pick() *connpass.Sender {
 	return ss.snds[ss.next]
 }
 
-// drop closes a channel that failed and reports how many are left.
-func (ss *senders) drop(snd *connpass.Sender) int {
+// drop closes a channel that failed and reports how many are left, and
+// whether this call dropped it: the connections queued on a channel fail
+// together, and each drops it.
+func (ss *senders) drop(snd *connpass.Sender) (left int, dropped bool) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	snd.Close()
+	n := len(ss.snds)
 	ss.snds = slices.DeleteFunc(ss.snds, func(s *connpass.Sender) bool { return s == snd })
-	return len(ss.snds)
+	return len(ss.snds), len(ss.snds) < n
 }
 
 func (ss *senders) close() {
@@ -257,8 +260,9 @@ func (s *HTTPServer) tryPass(c *trackedConn) bool {
 			}
 			return true
 		}
-		left := ss.drop(snd)
-		s.passLog.Info("a channel to a newer generation ended: the next one is tried", "passed", s.passed.Load(), "channels_left", left, "err", err)
+		if left, dropped := ss.drop(snd); dropped {
+			s.passLog.Info("a channel to a newer generation ended: the next one is tried", "passed", s.passed.Load(), "channels_left", left, "err", err)
+		}
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -657,6 +658,32 @@ func TestSendersRedial(t *testing.T) {
 	ss = &senders{snds: []*connpass.Sender{{}}, dial: func() []*connpass.Sender { dials++; return nil }}
 	if ss.pick() == nil || dials != 0 {
 		t.Errorf("with a channel left: picked nil or redialled (%d)", dials)
+	}
+}
+
+// TestSendersDropOnce: of the connections whose Sends failed together on
+// one channel, only the first to drop it is told it did (and logs it).
+func TestSendersDropOnce(t *testing.T) {
+	recv, err := connpass.Listen("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer recv.Close()
+	var snds []*connpass.Sender
+	for range 2 {
+		snd, err := connpass.Dial(recv.Address(), os.Getpid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		snds = append(snds, snd)
+	}
+	ss := &senders{snds: slices.Clone(snds)}
+	defer ss.close()
+	if left, dropped := ss.drop(snds[0]); left != 1 || !dropped {
+		t.Errorf("first drop: %d left, dropped %v; want 1 left, dropped", left, dropped)
+	}
+	if left, dropped := ss.drop(snds[0]); left != 1 || dropped {
+		t.Errorf("second drop of the same channel: %d left, dropped %v; want 1 left, not dropped", left, dropped)
 	}
 }
 
