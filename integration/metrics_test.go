@@ -110,6 +110,7 @@ func TestMetricsSurviveUpgrades(t *testing.T) {
 		"handoff_drain_connections_cut_total":      0,
 		`handoff_workers{state="ready"}`:           3,
 		`handoff_workers{state="backoff"}`:         0,
+		`handoff_workers{state="crash-loop"}`:      0,
 		"handoff_worker_restarts_total":            0,
 	}
 	for k, v := range want {

@@ -23,7 +23,7 @@ var (
 
 // workerStates are always keys of Stats.Workers, 0 when no worker is in
 // them, so that a dashboard shows every series.
-var workerStates = []string{"starting", "ready", "backoff", "draining", "stopped"}
+var workerStates = []string{"starting", "ready", "backoff", "crash-loop", "draining", "stopped"}
 
 // Stats is a snapshot of a generation and of the service's counters since
 // it first started (each generation passes them on to the next), for
@@ -36,8 +36,8 @@ type Stats struct {
 	// or stopping.
 	Phase string
 	// Workers counts the pool's workers by state: starting, ready,
-	// backoff, draining, stopped (always present, 0 if none) and others
-	// a worker process may be in, such as crash-loop.
+	// backoff, crash-loop, draining, stopped (always present, 0 if none)
+	// and others a worker process may be in.
 	Workers map[string]int
 	// WorkerRestarts counts restarts of failed workers since the
 	// service first started.

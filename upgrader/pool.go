@@ -14,9 +14,10 @@ import (
 	"github.com/gohandoff/handoff/control"
 )
 
-// Restart backoff of a failing worker: it doubles from MinRestartBackoff up
-// to MaxRestartBackoff, and starts again from the minimum once a worker has
-// stayed up for StableAfter.
+// Restart of a failing worker, goroutine or process (restartPolicy): at
+// once the first time, then after a backoff doubling from
+// MinRestartBackoff up to MaxRestartBackoff; once a worker has stayed up
+// for StableAfter, at once again.
 const (
 	MinRestartBackoff = 100 * time.Millisecond
 	MaxRestartBackoff = 10 * time.Second
@@ -171,7 +172,7 @@ func (p *pool) isDraining() bool {
 }
 
 func (p *pool) supervise(ctx context.Context, id int) {
-	backoff := MinRestartBackoff
+	var restart restartPolicy
 	for {
 		p.setState(id, stateStarting, nil)
 		start := time.Now()
@@ -183,17 +184,19 @@ func (p *pool) supervise(ctx context.Context, id int) {
 		if err == nil {
 			err = errors.New("worker returned before the drain")
 		}
-		if time.Since(start) >= StableAfter {
-			backoff = MinRestartBackoff
+		backoff, crashLoop := restart.died(start, time.Now())
+		if crashLoop {
+			p.setState(id, stateCrashLoop, err)
+			p.workerLog(id).Error("WORKER CRASH LOOP: backing off", "deaths", restart.deathsInWindow(), "window", CrashLoopWindow, "err", err, "backoff", backoff)
+		} else {
+			p.setState(id, stateBackoff, err)
+			p.workerLog(id).Error("worker failed, restarting", "err", err, "backoff", backoff)
 		}
-		p.setState(id, stateBackoff, err)
-		p.workerLog(id).Error("worker failed, restarting", "err", err, "backoff", backoff)
 		select {
 		case <-time.After(backoff):
 		case <-p.draining:
 			return
 		}
-		backoff = min(backoff*2, MaxRestartBackoff)
 		p.mu.Lock()
 		p.slots[id].restarts++
 		p.mu.Unlock()

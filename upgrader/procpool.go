@@ -44,8 +44,7 @@ func (p *workerProc) markReady() bool {
 type procSlot struct {
 	cur, next *workerProc
 	restarts  int
-	backoff   time.Duration
-	deaths    []time.Time
+	restart   restartPolicy
 	looping   bool
 	respawn   *time.Timer
 	respawnAt time.Time

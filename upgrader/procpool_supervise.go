@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 	"time"
 )
@@ -178,21 +177,15 @@ func (pp *procPool) wait(p *workerProc) {
 // then with a backoff doubling up to MaxRestartBackoff.
 func (pp *procPool) diedLocked(id int, started time.Time, err error) {
 	s := &pp.slots[id]
-	now := time.Now()
-	if now.Sub(started) >= StableAfter {
-		s.backoff = 0
-	}
-	delay := s.backoff
-	s.backoff = min(max(2*s.backoff, MinRestartBackoff), MaxRestartBackoff)
-	s.deaths = slices.DeleteFunc(append(s.deaths, now), func(t time.Time) bool { return now.Sub(t) > CrashLoopWindow })
+	delay, crashLoop := s.restart.died(started, time.Now())
 	s.lastErr = errString(err)
-	if len(s.deaths) >= CrashLoopDeaths {
+	if crashLoop {
 		switch {
 		case pp.rollbackLocked(id):
 			delay = 0
 		case !s.looping:
 			s.looping = true
-			pp.log.Error("WORKER CRASH LOOP: backing off", "worker", id, "deaths", len(s.deaths), "window", CrashLoopWindow, "err", err, "backoff", delay)
+			pp.log.Error("WORKER CRASH LOOP: backing off", "worker", id, "deaths", s.restart.deathsInWindow(), "window", CrashLoopWindow, "err", err, "backoff", delay)
 		default:
 			pp.log.Error("worker in crash loop died again", "worker", id, "err", err, "backoff", delay)
 		}

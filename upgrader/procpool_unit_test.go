@@ -136,7 +136,7 @@ func TestProcPoolBackoff(t *testing.T) {
 		var got []time.Duration
 		for range 9 {
 			got = append(got, died(pp, 0, now))
-			pp.slots[0].deaths = nil // no crash loop: the backoff alone
+			pp.slots[0].restart.deaths = nil // no crash loop: the backoff alone
 		}
 		want := []time.Duration{0, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond,
 			1600 * time.Millisecond, 3200 * time.Millisecond, 6400 * time.Millisecond, 10 * time.Second}
@@ -148,7 +148,7 @@ func TestProcPoolBackoff(t *testing.T) {
 		if d := died(pp, 0, now.Add(-StableAfter+1)); d != MaxRestartBackoff {
 			t.Errorf("after a worker up StableAfter - 1ns: delay %v, want the capped backoff %v", d, MaxRestartBackoff)
 		}
-		pp.slots[0].deaths = nil
+		pp.slots[0].restart.deaths = nil
 		if d := died(pp, 0, now.Add(-StableAfter)); d != 0 {
 			t.Errorf("after a worker up StableAfter: delay %v, want 0 (backoff reset)", d)
 		}
@@ -185,13 +185,13 @@ func TestProcPoolCrashLoop(t *testing.T) {
 
 		pp, logs := testProcPool(t, 2)
 		pp.failFast = true
-		pp.slots[0].deaths = append([]time.Time(nil), old[:4]...) // 3 in the window, and this one
+		pp.slots[0].restart.deaths = append([]time.Time(nil), old[:4]...) // 3 in the window, and this one
 		died(pp, 0, now)
 		if pp.slots[0].looping || logs.count("CRASH LOOP") > 0 {
 			t.Fatalf("4 deaths in the window taken for a crash loop; the log:\n%s", logs)
 		}
-		if len(pp.slots[0].deaths) != 4 {
-			t.Errorf("%d deaths kept, want 4 (the one older than the window dropped)", len(pp.slots[0].deaths))
+		if len(pp.slots[0].restart.deaths) != 4 {
+			t.Errorf("%d deaths kept, want 4 (the one older than the window dropped)", len(pp.slots[0].restart.deaths))
 		}
 		select {
 		case <-pp.failed:
@@ -223,7 +223,7 @@ func TestProcPoolCrashLoop(t *testing.T) {
 		}{{true, 2}, {false, 0}} {
 			pp, _ := testProcPool(t, 2)
 			pp.failFast, pp.nready = tc.failFast, tc.nready
-			pp.slots[0].deaths = append(append([]time.Time(nil), old[1:]...), now) // and this one: 5
+			pp.slots[0].restart.deaths = append(append([]time.Time(nil), old[1:]...), now) // and this one: 5
 			died(pp, 0, now)
 			if !pp.slots[0].looping {
 				t.Errorf("fail fast %v, %d ready: no crash loop", tc.failFast, tc.nready)
@@ -252,8 +252,8 @@ func rollbackPool(t *testing.T, readyAgo time.Duration) (*procPool, chan struct{
 	called := make(chan struct{}, 1)
 	pp.onRollback = func() { called <- struct{}{} }
 	for i := range pp.slots {
-		pp.slots[i].backoff, pp.slots[i].looping = time.Second, true
-		pp.slots[i].deaths = []time.Time{time.Now()}
+		pp.slots[i].restart.backoff, pp.slots[i].looping = time.Second, true
+		pp.slots[i].restart.deaths = []time.Time{time.Now()}
 	}
 	pp.slots[1].lastErr = "exit status 3"
 	return pp, called
@@ -278,8 +278,8 @@ func TestProcPoolRollback(t *testing.T) {
 			t.Errorf("later starts run %v, want the previous image %s", p, imagePath(pp.spec.prev))
 		}
 		for i, s := range pp.slots {
-			if s.deaths != nil || s.looping || s.backoff != 0 {
-				t.Errorf("slot %d after the rollback: deaths %v, looping %v, backoff %v; want a fresh start", i, s.deaths, s.looping, s.backoff)
+			if s.restart.deaths != nil || s.looping || s.restart.backoff != 0 {
+				t.Errorf("slot %d after the rollback: deaths %v, looping %v, backoff %v; want a fresh start", i, s.restart.deaths, s.looping, s.restart.backoff)
 			}
 		}
 		synctest.Wait()
@@ -335,8 +335,8 @@ func TestProcPoolCrashLoopRollsBack(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		pp, _ := rollbackPool(t, time.Second)
 		now := time.Now()
-		pp.slots[0].backoff, pp.slots[0].looping = 5*time.Second, false
-		pp.slots[0].deaths = []time.Time{now, now, now, now}
+		pp.slots[0].restart.backoff, pp.slots[0].looping = 5*time.Second, false
+		pp.slots[0].restart.deaths = []time.Time{now, now, now, now}
 		d := died(pp, 0, now)
 		if d != 0 || pp.slots[0].looping || !pp.spec.rolledBack() {
 			t.Errorf("crash loop with a rollback: delay %v (want 0), looping %v, rolled back %v", d, pp.slots[0].looping, pp.spec.rolledBack())

@@ -49,7 +49,7 @@ func (pp *procPool) rollbackLocked(id int) bool {
 		time.Now().Format(time.TimeOnly), id, time.Since(pp.readyAt).Round(time.Millisecond), pp.slots[id].lastErr)
 	for i := range pp.slots {
 		s := &pp.slots[i]
-		s.deaths, s.looping, s.backoff = nil, false, 0
+		s.restart, s.looping = restartPolicy{}, false
 	}
 	pp.log.Error("WORKERS ROLLED BACK to the previous build: this build's workers crash-loop", "worker", id,
 		"deaths", CrashLoopDeaths, "after_ready", time.Since(pp.readyAt).Round(time.Millisecond), "err", pp.slots[id].lastErr)

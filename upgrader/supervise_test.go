@@ -112,22 +112,22 @@ func TestPoolRecordsWhyAWorkerFailed(t *testing.T) {
 }
 
 // TestPoolBackoffResetsAfterStableRun: a worker that stayed up for
-// StableAfter (exactly) before it failed restarts after the minimum
-// backoff again, not after the doubled one.
+// StableAfter (exactly) before it failed restarts at once again, not after
+// the doubled backoff.
 func TestPoolBackoffResetsAfterStableRun(t *testing.T) {
 	for _, tc := range []struct {
 		up   time.Duration
 		want time.Duration // backoff before the fourth run
 	}{
-		{StableAfter, MinRestartBackoff},
-		{StableAfter - time.Nanosecond, 4 * MinRestartBackoff},
+		{StableAfter, 0},
+		{StableAfter - time.Nanosecond, 2 * MinRestartBackoff},
 	} {
 		synctest.Test(t, func(t *testing.T) {
 			var runs atomic.Int32
 			var failedAt, restartedAt time.Time
 			fn := func(ctx context.Context, w *Worker) error {
 				switch runs.Add(1) {
-				case 1, 2: // backoffs of 100 and 200 ms
+				case 1, 2: // restarted at once, then after 100 ms
 					return errors.New("failed at start")
 				case 3:
 					time.Sleep(tc.up)
@@ -180,4 +180,56 @@ func TestPoolStatusDuringDrain(t *testing.T) {
 			t.Errorf("status after the drain %+v, want stopped", st)
 		}
 	})
+}
+
+// TestPoolCrashLoop: goroutine workers share the crash-loop rule of worker
+// processes (restartPolicy): a slot whose worker died CrashLoopDeaths times
+// within CrashLoopWindow shows crash-loop, not backoff.
+func TestPoolCrashLoop(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fn := func(ctx context.Context, w *Worker) error { return errors.New("always failing") }
+		p := newPool(1, fn, nil, nil, discardLogger(), nil)
+		p.start()
+		// Deaths at 0, 0, 0.1, 0.3 and 0.7 s: restarted at once, then
+		// after 100, 200 and 400 ms.
+		time.Sleep(500 * time.Millisecond)
+		synctest.Wait()
+		if st := p.status()[0].State; st != stateBackoff {
+			t.Errorf("after 4 deaths the slot is %q, want %q", st, stateBackoff)
+		}
+		time.Sleep(300 * time.Millisecond)
+		synctest.Wait()
+		if st := p.status()[0].State; st != stateCrashLoop {
+			t.Errorf("after %d deaths within %s the slot is %q, want %q", CrashLoopDeaths, CrashLoopWindow, st, stateCrashLoop)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		p.drain(ctx)
+	})
+}
+
+// TestRestartPolicy: at once after the first death and after a stable run,
+// doubling from MinRestartBackoff to MaxRestartBackoff otherwise; a crash
+// loop at CrashLoopDeaths deaths within CrashLoopWindow, forgetting older
+// ones.
+func TestRestartPolicy(t *testing.T) {
+	var r restartPolicy
+	now := time.Unix(1000, 0)
+	var delays []time.Duration
+	for i := range 9 {
+		d, loop := r.died(now, now)
+		if loop != (i+1 >= CrashLoopDeaths) {
+			t.Errorf("death %d: crash loop %v", i+1, loop)
+		}
+		delays = append(delays, d)
+	}
+	want := []time.Duration{0, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond,
+		1600 * time.Millisecond, 3200 * time.Millisecond, 6400 * time.Millisecond, MaxRestartBackoff}
+	if !slices.Equal(delays, want) {
+		t.Errorf("delays %v, want %v", delays, want)
+	}
+	later := now.Add(CrashLoopWindow + time.Nanosecond)
+	if d, loop := r.died(later.Add(-StableAfter), later); d != 0 || loop {
+		t.Errorf("after a stable run, past the window: delay %s, crash loop %v; want at once, no loop", d, loop)
+	}
 }
