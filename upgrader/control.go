@@ -82,28 +82,8 @@ func (u *Upgrader) serveControl(done <-chan struct{}) {
 
 func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 	w := control.NewWriter(conn)
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	r := bufio.NewReaderSize(conn, control.MaxRequestSize+1)
-	line, err := r.ReadSlice('\n')
-	// The peer is checked once its request is read: refused before, it
-	// could fail to write to the closed connection and never read why.
-	if perr := checkPeer(conn); perr != nil {
-		u.log.Warn("control request refused", "err", perr)
-		w.Final(control.Message{}, perr)
-		return
-	}
-	if err != nil {
-		if errors.Is(err, bufio.ErrBufferFull) {
-			err = fmt.Errorf("request exceeds %d bytes", control.MaxRequestSize)
-		}
-		w.Final(control.Message{}, fmt.Errorf("read request: %w", err))
-		return
-	}
-	conn.SetReadDeadline(time.Time{})
-	req, err := control.ParseRequest(line)
-	if err != nil {
-		u.log.Warn("bad control request", "err", err)
-		w.Final(control.Message{}, err)
+	req, ok := u.readControlRequest(conn, w)
+	if !ok {
 		return
 	}
 	// A request this generation accepted in the moment between its
@@ -124,43 +104,85 @@ func (u *Upgrader) handleControl(conn net.Conn, done <-chan struct{}) {
 	case control.CmdStatus:
 		w.Final(control.Message{Status: u.status()}, nil)
 	case control.CmdUpgrade:
-		u.log.Info("upgrade requested", "via", "control socket")
-		ctx, cancel := context.WithTimeout(context.Background(), u.upgradeWait())
-		defer cancel()
-		res, err := u.upgrade(ctx, func(step, msg string) { w.Progress(step, msg) })
-		wire := control.UpgradeResult(res)
-		m := control.Message{Upgrade: &wire}
-		var ue *UpgradeError
-		if errors.As(err, &ue) {
-			m.Stderr = ue.Stderr
-		}
-		if w.Final(m, err) == nil && err == nil {
-			u.streamDrain(conn, w)
-		}
+		u.controlUpgrade(conn, w)
 	case control.CmdRestartWorkers:
 		u.log.Info("rolling restart requested", "via", "control socket")
 		// Each replacement's wait is bounded by the upgrade timeout.
 		n, err := u.roll(context.Background(), func(msg string) { w.Progress("worker", msg) })
 		w.Final(control.Message{Msg: fmt.Sprintf("%d of %d workers replaced", n, u.opts.Workers), Status: u.status()}, err)
 	case control.CmdStop:
-		stopping := []int{os.Getpid()}
-		if u.requestStop("via", "control socket") {
-			w.Progress("stop", fmt.Sprintf("pid %d draining, timeout %s", os.Getpid(), u.opts.DrainTimeout))
-		} else {
-			w.Progress("stop", fmt.Sprintf("pid %d stops once the upgrade in progress has ended, with the new generation", os.Getpid()))
-			// The upgrade holds the phase lock until its outcome is set:
-			// the reply names the new generation too, if there is one.
-			u.phaseMu.Lock()
-			u.phaseMu.Unlock()
-			if succ := u.handedOverTo(); succ > 0 {
-				stopping = append(stopping, succ)
-			}
-		}
-		// The old generations still draining stop too, each at its own
-		// deadline: the stop waits for them all.
-		stopping = append(stopping, u.drainingPIDs()...)
-		w.Final(control.Message{Status: u.status(), Stopping: stopping}, nil)
+		u.controlStop(w)
 	}
+}
+
+// readControlRequest reads and parses a control request from a peer it
+// accepts; otherwise it answers why not and reports false.
+func (u *Upgrader) readControlRequest(conn net.Conn, w *control.Writer) (control.Request, bool) {
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReaderSize(conn, control.MaxRequestSize+1)
+	line, err := r.ReadSlice('\n')
+	// The peer is checked once its request is read: refused before, it
+	// could fail to write to the closed connection and never read why.
+	if perr := checkPeer(conn); perr != nil {
+		u.log.Warn("control request refused", "err", perr)
+		w.Final(control.Message{}, perr)
+		return control.Request{}, false
+	}
+	if err != nil {
+		if errors.Is(err, bufio.ErrBufferFull) {
+			err = fmt.Errorf("request exceeds %d bytes", control.MaxRequestSize)
+		}
+		w.Final(control.Message{}, fmt.Errorf("read request: %w", err))
+		return control.Request{}, false
+	}
+	conn.SetReadDeadline(time.Time{})
+	req, err := control.ParseRequest(line)
+	if err != nil {
+		u.log.Warn("bad control request", "err", err)
+		w.Final(control.Message{}, err)
+		return control.Request{}, false
+	}
+	return req, true
+}
+
+// controlUpgrade runs an upgrade asked on the control socket, streaming
+// its progress, and then the old generation's drain.
+func (u *Upgrader) controlUpgrade(conn net.Conn, w *control.Writer) {
+	u.log.Info("upgrade requested", "via", "control socket")
+	ctx, cancel := context.WithTimeout(context.Background(), u.upgradeWait())
+	defer cancel()
+	res, err := u.upgrade(ctx, func(step, msg string) { w.Progress(step, msg) })
+	wire := control.UpgradeResult(res)
+	m := control.Message{Upgrade: &wire}
+	var ue *UpgradeError
+	if errors.As(err, &ue) {
+		m.Stderr = ue.Stderr
+	}
+	if w.Final(m, err) == nil && err == nil {
+		u.streamDrain(conn, w)
+	}
+}
+
+// controlStop stops the service as asked on the control socket, and
+// answers with every process that stops.
+func (u *Upgrader) controlStop(w *control.Writer) {
+	stopping := []int{os.Getpid()}
+	if u.requestStop("via", "control socket") {
+		w.Progress("stop", fmt.Sprintf("pid %d draining, timeout %s", os.Getpid(), u.opts.DrainTimeout))
+	} else {
+		w.Progress("stop", fmt.Sprintf("pid %d stops once the upgrade in progress has ended, with the new generation", os.Getpid()))
+		// The upgrade holds the phase lock until its outcome is set:
+		// the reply names the new generation too, if there is one.
+		u.phaseMu.Lock()
+		u.phaseMu.Unlock()
+		if succ := u.handedOverTo(); succ > 0 {
+			stopping = append(stopping, succ)
+		}
+	}
+	// The old generations still draining stop too, each at its own
+	// deadline: the stop waits for them all.
+	stopping = append(stopping, u.drainingPIDs()...)
+	w.Final(control.Message{Status: u.status(), Stopping: stopping}, nil)
 }
 
 // Status returns a snapshot of this generation.

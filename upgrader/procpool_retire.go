@@ -134,36 +134,7 @@ func (pp *procPool) drain(ctx context.Context) error {
 			pp.mu.Unlock()
 		}
 	}()
-	pp.drainOnce.Do(func() {
-		pp.mu.Lock()
-		handedOver := pp.steer != nil && !pp.steer.live
-		close(pp.draining)
-		var procs []*workerProc
-		for i := range pp.slots {
-			if t := pp.slots[i].respawn; t != nil {
-				t.Stop()
-			}
-		}
-		for p := range pp.procs {
-			procs = append(procs, p)
-		}
-		// No worker starts from now on: the master lets go of the
-		// sockets, so that once its workers have closed theirs this
-		// generation holds none (a restart after the newer generation
-		// died can bind the address at once).
-		pp.spec.cleanup()
-		if pp.closeSockets != nil {
-			pp.closeSockets()
-		}
-		pp.mu.Unlock()
-		for _, p := range procs {
-			if handedOver {
-				go pp.retire(ctx, p, 0)
-			} else {
-				pp.stopProc(p, 0)
-			}
-		}
-	})
+	pp.drainOnce.Do(func() { pp.startDrain(ctx) })
 	done := make(chan struct{})
 	go func() { pp.live.Wait(); close(done) }()
 	select {
@@ -201,5 +172,39 @@ func (pp *procPool) drain(ctx context.Context) error {
 		return nil
 	case <-time.After(time.Second):
 		return errors.New("upgrader: worker processes did not exit after SIGKILL")
+	}
+}
+
+// startDrain, once, stops the respawns, lets go of the sockets and tells
+// every worker process to drain: each is retired under the newer
+// generation's steering after a handover, or stopped.
+func (pp *procPool) startDrain(ctx context.Context) {
+	pp.mu.Lock()
+	handedOver := pp.steer != nil && !pp.steer.live
+	close(pp.draining)
+	var procs []*workerProc
+	for i := range pp.slots {
+		if t := pp.slots[i].respawn; t != nil {
+			t.Stop()
+		}
+	}
+	for p := range pp.procs {
+		procs = append(procs, p)
+	}
+	// No worker starts from now on: the master lets go of the
+	// sockets, so that once its workers have closed theirs this
+	// generation holds none (a restart after the newer generation
+	// died can bind the address at once).
+	pp.spec.cleanup()
+	if pp.closeSockets != nil {
+		pp.closeSockets()
+	}
+	pp.mu.Unlock()
+	for _, p := range procs {
+		if handedOver {
+			go pp.retire(ctx, p, 0)
+		} else {
+			pp.stopProc(p, 0)
+		}
 	}
 }
