@@ -105,42 +105,59 @@ func (u *Upgrader) onSignal(sig os.Signal) {
 			return // the new generation upgrades
 		}
 		u.log.Info("upgrade requested", "signal", sig.String())
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), u.upgradeWait())
-			defer cancel()
-			_, err := u.Upgrade(ctx)
-			var ue *UpgradeError
-			switch {
-			case errors.Is(err, ErrUpgradeInProgress):
-				u.log.Warn("upgrade already in progress, signal ignored", "signal", sig.String())
-			case err != nil && !errors.As(err, &ue):
-				u.log.Warn("upgrade refused, signal ignored", "signal", sig.String(), "err", err)
-			}
-		}()
+		go u.upgradeOnSignal(sig)
 		return
 	}
-	if u.endStandBy(sig) {
+	if u.endStandBy(sig) || u.endedByNewer(sig) {
 		return
 	}
+	u.stopOnSignal(sig)
+}
+
+// upgradeOnSignal runs the upgrade a signal asked for; its outcome is
+// logged (by upgrade, or here if it did not start).
+func (u *Upgrader) upgradeOnSignal(sig os.Signal) {
+	ctx, cancel := context.WithTimeout(context.Background(), u.upgradeWait())
+	defer cancel()
+	_, err := u.Upgrade(ctx)
+	var ue *UpgradeError
+	switch {
+	case errors.Is(err, ErrUpgradeInProgress):
+		u.log.Warn("upgrade already in progress, signal ignored", "signal", sig.String())
+	case err != nil && !errors.As(err, &ue):
+		u.log.Warn("upgrade refused, signal ignored", "signal", sig.String(), "err", err)
+	}
+}
+
+// endedByNewer reports whether sig is a newer generation ending this
+// draining one at once, as it went past --max-draining (overlap.go), and
+// if so cuts the drain short.
+func (u *Upgrader) endedByNewer(sig os.Signal) bool {
 	select {
 	case <-u.exit:
-		if u.phase.get() == phaseDraining && !u.endedAt.Load() && u.endedAtCap() {
-			// A newer generation went past --max-draining (overlap.go).
-			u.endedAt.Store(true)
-			u.mu.Lock()
-			p := u.pool
-			u.mu.Unlock()
-			var pr progress
-			if p != nil {
-				pr = p.progress()
-			}
-			u.log.Warn("ended at once by a newer generation over --max-draining: cutting the drain short", "signal", sig.String(),
-				"max_draining", u.opts.MaxDraining, "left", pr.Left, "unit", pr.Unit)
-			u.forceOnce.Do(func() { close(u.force) })
-			return
-		}
 	default:
+		return false
 	}
+	if u.phase.get() != phaseDraining || u.endedAt.Load() || !u.endedAtCap() {
+		return false
+	}
+	u.endedAt.Store(true)
+	u.mu.Lock()
+	p := u.pool
+	u.mu.Unlock()
+	var pr progress
+	if p != nil {
+		pr = p.progress()
+	}
+	u.log.Warn("ended at once by a newer generation over --max-draining: cutting the drain short", "signal", sig.String(),
+		"max_draining", u.opts.MaxDraining, "left", pr.Left, "unit", pr.Unit)
+	u.forceOnce.Do(func() { close(u.force) })
+	return true
+}
+
+// stopOnSignal is a stop signal: the first stops the service, and a
+// second one (not taken as the same stop) cuts the drain short.
+func (u *Upgrader) stopOnSignal(sig os.Signal) {
 	n := u.stopSignals.Add(1)
 	select {
 	case <-u.exit:
