@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/gohandoff/handoff/internal/load"
 )
@@ -45,6 +46,22 @@ func startHandOverFault(t *testing.T, fault string, args ...string) (*service, *
 		}
 	})
 	waitCount(t, completed, 2*handOverFaultClients)
+	// Every client's connection is the first generation's, none left in
+	// the listen queue for the new one to accept: the new generation's
+	// connections all come from the hand-over.
+	_, port, _ := strings.Cut(s.addr, ":")
+	for end := deadline(t); ; time.Sleep(5 * time.Millisecond) {
+		held := 0
+		for _, pid := range s.pids() {
+			held += establishedOf(t, pid, port)
+		}
+		if held == handOverFaultClients {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("the first generation holds %d client connections, want %d", held, handOverFaultClients)
+		}
+	}
 	install(t, buildBin(t, "integration/testdata/testsvc", fault), s.exe)
 	if err := syscall.Kill(s.pid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)

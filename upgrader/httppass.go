@@ -255,8 +255,11 @@ func (s *HTTPServer) tryPass(c *trackedConn) bool {
 		if err == nil || errors.Is(err, connpass.ErrUnconfirmed) {
 			s.passed.Add(1)
 			s.pool.addPassed(1)
-			if err != nil {
-				s.passLog.Warn("a connection handed over was not acknowledged: the new generation may hold it, this one lets go", "err", err)
+			if err != nil && !s.passFailed.Swap(true) {
+				// A new generation that stalls that long is not sent
+				// more, on any channel or a redialled one: the
+				// connections not yet moved drain here.
+				s.passLog.Warn("a connection handed over was not acknowledged: the new generation may hold it, this one lets go; the others drain here", "passed", s.passed.Load(), "err", err)
 			}
 			return true
 		}

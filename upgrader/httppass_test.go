@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -658,6 +659,74 @@ func TestSendersRedial(t *testing.T) {
 	ss = &senders{snds: []*connpass.Sender{{}}, dial: func() []*connpass.Sender { dials++; return nil }}
 	if ss.pick() == nil || dials != 0 {
 		t.Errorf("with a channel left: picked nil or redialled (%d)", dials)
+	}
+}
+
+// TestHTTPDrainStopsAtUnconfirmed: once a connection handed over goes
+// unacknowledged (a new generation alive but stalled past
+// connpass.AckTimeout), the drain hands nothing more over: not on that
+// channel, nor on one redialled to the same stalled process. The next
+// connection stays here.
+func TestHTTPDrainStopsAtUnconfirmed(t *testing.T) {
+	defer func(d time.Duration) { connpass.AckTimeout = d }(connpass.AckTimeout)
+	connpass.AckTimeout = 200 * time.Millisecond
+	addr := fmt.Sprintf("@handoff-conns-test-stalled-%d", os.Getpid())
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: addr, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var mu sync.Mutex
+	var channels []*net.UnixConn
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range channels {
+			c.Close()
+		}
+	}()
+	go func() { // a receiver that takes every message and never answers
+		for {
+			c, err := ln.AcceptUnix()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			channels = append(channels, c)
+			mu.Unlock()
+			go io.Copy(io.Discard, c)
+		}
+	}()
+	dial := func() []*connpass.Sender {
+		snd, err := connpass.Dial(addr, os.Getpid())
+		if err != nil {
+			t.Error(err)
+			return nil
+		}
+		return []*connpass.Sender{snd}
+	}
+	ss := &senders{snds: dial(), dial: dial}
+	defer ss.close()
+	drainC := make(chan struct{})
+	close(drainC)
+	s := &HTTPServer{drainC: drainC, passTo: func() *senders { return ss }, passLog: discardLogger(), pool: &pool{}}
+	conn := func() *trackedConn {
+		_, server := tcpPair(t)
+		return &trackedConn{Conn: server, plain: true}
+	}
+	if !s.tryPass(conn()) {
+		t.Fatal("the first connection, handed over unacknowledged, stayed")
+	}
+	if s.tryPass(conn()) {
+		t.Error("a connection went to a new generation that left the last one unacknowledged")
+	}
+	if s.passing() {
+		t.Error("the drain still hands over after an unacknowledged connection")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(channels) != 1 {
+		t.Errorf("%d channels opened to the stalled receiver, want 1: no redial", len(channels))
 	}
 }
 

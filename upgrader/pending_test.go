@@ -9,21 +9,7 @@ import (
 )
 
 func TestPendingInputPeeksWithoutConsuming(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
+	client, server := tcpPair(t)
 
 	if pendingInput(server) {
 		t.Fatal("pendingInput true before the client sent anything")
@@ -47,4 +33,25 @@ func TestPendingInputPeeksWithoutConsuming(t *testing.T) {
 	if pendingInput(server) {
 		t.Error("pendingInput true after everything was read")
 	}
+}
+
+// tcpPair returns a connected client and server TCP connection on
+// loopback, closed with the test.
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); sc.Close() })
+	return c, sc
 }

@@ -173,6 +173,7 @@ func (p *pool) isDraining() bool {
 
 func (p *pool) supervise(ctx context.Context, id int) {
 	var restart restartPolicy
+	looping := false
 	for {
 		p.setState(id, stateStarting, nil)
 		start := time.Now()
@@ -185,10 +186,16 @@ func (p *pool) supervise(ctx context.Context, id int) {
 			err = errors.New("worker returned before the drain")
 		}
 		backoff, crashLoop := restart.died(start, time.Now())
-		if crashLoop {
+		switch {
+		case crashLoop && !looping:
+			looping = true
 			p.setState(id, stateCrashLoop, err)
 			p.workerLog(id).Error("WORKER CRASH LOOP: backing off", "deaths", restart.deathsInWindow(), "window", CrashLoopWindow, "err", err, "backoff", backoff)
-		} else {
+		case crashLoop:
+			p.setState(id, stateCrashLoop, err)
+			p.workerLog(id).Error("worker in crash loop died again", "err", err, "backoff", backoff)
+		default:
+			looping = false
 			p.setState(id, stateBackoff, err)
 			p.workerLog(id).Error("worker failed, restarting", "err", err, "backoff", backoff)
 		}

@@ -39,10 +39,10 @@ import (
 // Supported reports whether connections can be passed on this system.
 const Supported = true
 
-// ackTimeout bounds the wait for a receiver's acknowledgement of one
+// AckTimeout bounds the wait for a receiver's acknowledgement of one
 // message: a receiver alive but that long stalled leaves its connections
 // in doubt, and its channel is closed. A variable for the tests.
-var ackTimeout = 10 * time.Second
+var AckTimeout = 10 * time.Second
 
 // PeerCred returns the credentials of the process at the other end of c.
 func PeerCred(c *net.UnixConn) (*unix.Ucred, error) {

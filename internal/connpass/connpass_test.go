@@ -400,8 +400,8 @@ func dial(t testing.TB, r *Receiver) *Sender {
 // and its channel is not trusted with more: a connection queued behind
 // stays with the sender, none is sent after, and the channel closes.
 func TestSenderStopsAfterUnconfirmed(t *testing.T) {
-	defer func(d time.Duration) { ackTimeout = d }(ackTimeout)
-	ackTimeout = time.Second
+	defer func(d time.Duration) { AckTimeout = d }(AckTimeout)
+	AckTimeout = time.Second
 	addr := fmt.Sprintf("@handoff-conns-test-silent-%d", os.Getpid())
 	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: addr, Net: "unixpacket"})
 	if err != nil {
@@ -432,6 +432,17 @@ func TestSenderStopsAfterUnconfirmed(t *testing.T) {
 	client2, second := tcpPair(t)
 	secondErr := make(chan error, 1)
 	go func() { secondErr <- snd.Send(second, nil) }()
+	for end := time.Now().Add(AckTimeout / 2); ; time.Sleep(time.Millisecond) { // bounded: the first send's timeout
+		snd.mu.Lock()
+		queued := len(snd.queue)
+		snd.mu.Unlock()
+		if queued == 1 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the second connection never waited in the queue")
+		}
+	}
 
 	if err := <-firstErr; !errors.Is(err, ErrUnconfirmed) {
 		t.Fatalf("first send: %v, want ErrUnconfirmed", err)

@@ -147,7 +147,7 @@ func (s *Sender) sendBatch(batch []*pending) bool {
 		}
 		return false
 	}
-	s.c.SetReadDeadline(time.Now().Add(ackTimeout))
+	s.c.SetReadDeadline(time.Now().Add(AckTimeout))
 	var b [1]byte
 	_, err := s.c.Read(b[:])
 	for i, p := range batch {
@@ -157,7 +157,7 @@ func (s *Sender) sendBatch(batch []*pending) bool {
 		case err == nil:
 			p.res <- errNotTaken
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			p.res <- fmt.Errorf("%w (%s)", ErrUnconfirmed, ackTimeout)
+			p.res <- fmt.Errorf("%w (%s)", ErrUnconfirmed, AckTimeout)
 		default:
 			p.res <- fmt.Errorf("%w: %w", errNotTaken, err)
 		}
