@@ -28,12 +28,8 @@ func connOwners(t *testing.T, s *service, conns []net.Conn) []int {
 	}
 	holders := map[string]int{} // "socket:[inode]" -> pid
 	for _, pid := range s.pids() {
-		dir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
-		ents, _ := os.ReadDir(dir)
-		for _, e := range ents {
-			if l, _ := os.Readlink(filepath.Join(dir, e.Name())); strings.HasPrefix(l, "socket:[") {
-				holders[l] = pid
-			}
+		for _, l := range socketsOf(pid) {
+			holders[l] = pid
 		}
 	}
 	inodes := map[string]string{} // "local remote" -> inode
@@ -57,6 +53,20 @@ func connOwners(t *testing.T, s *service, conns []net.Conn) []int {
 		}
 	}
 	return owners
+}
+
+// socketsOf returns the sockets among process pid's descriptors, as their
+// links read ("socket:[inode]").
+func socketsOf(pid int) []string {
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		if l, _ := os.Readlink(filepath.Join(dir, e.Name())); strings.HasPrefix(l, "socket:[") {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 // procTCPAddr writes an IPv4 address as /proc/net/tcp does: the address's

@@ -3,7 +3,6 @@
 package integration
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -169,36 +168,15 @@ func establishedOf(t *testing.T, pid int, port string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	inodes := map[string]bool{}
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		t.Fatal(err)
+	held := map[string]bool{}
+	for _, l := range socketsOf(pid) {
+		held[l] = true
 	}
-	for _, e := range ents {
-		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
-		if ino, ok := strings.CutPrefix(link, "socket:["); err == nil && ok {
-			inodes[strings.TrimSuffix(ino, "]")] = true
-		}
-	}
-	f, err := os.Open(fmt.Sprintf("/proc/%d/net/tcp", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	n := 0
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 10 || fields[3] != "01" || !strings.HasSuffix(fields[1], fmt.Sprintf(":%04X", p)) {
-			continue
-		}
-		if inodes[fields[9]] {
+	for _, f := range procNetTCP(t) {
+		if len(f) > 9 && f[3] == "01" && strings.HasSuffix(f[1], fmt.Sprintf(":%04X", p)) && held["socket:["+f[9]+"]"] {
 			n++
 		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
 	}
 	return n
 }

@@ -22,7 +22,7 @@ func (u *Upgrader) listen(network, addr string) (net.Listener, error) {
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("upgrader: listen on %s %s: %w", network, addr, err)
+		return nil, listenErr(network, addr, err)
 	}
 	return ln, nil
 }
@@ -73,4 +73,9 @@ func (u *Upgrader) claim(network, addr string) error {
 	}
 	u.claimed = append(u.claimed, key)
 	return nil
+}
+
+// listenErr names the socket that could not be had.
+func listenErr(network, addr string, err error) error {
+	return fmt.Errorf("upgrader: listen on %s %s: %w", network, addr, err)
 }

@@ -2,7 +2,6 @@ package upgrader
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"os"
 )
@@ -52,7 +51,7 @@ func (m master) listenPacket(network, addr string) (net.PacketConn, error) {
 		pc, err = u.tf.ListenPacket(network, addr)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("upgrader: listen on %s %s: %w", network, addr, err)
+		return nil, listenErr(network, addr, err)
 	}
 	return pc, nil
 }
@@ -78,7 +77,7 @@ type workerRole struct {
 func (r workerRole) listen(network, addr string) (net.Listener, error) {
 	ln, err := r.w.listen(network, addr)
 	if err != nil {
-		return nil, fmt.Errorf("upgrader: listen on %s %s: %w", network, addr, err)
+		return nil, listenErr(network, addr, err)
 	}
 	return ln, nil
 }
@@ -86,7 +85,7 @@ func (r workerRole) listen(network, addr string) (net.Listener, error) {
 func (r workerRole) listenPacket(network, addr string) (net.PacketConn, error) {
 	pc, err := r.w.listenPacket(network, addr)
 	if err != nil {
-		return nil, fmt.Errorf("upgrader: listen on %s %s: %w", network, addr, err)
+		return nil, listenErr(network, addr, err)
 	}
 	return pc, nil
 }
