@@ -464,3 +464,47 @@ func TestSenderStopsAfterUnconfirmed(t *testing.T) {
 		t.Fatalf("the sender's copy of the queued connection: %v", err)
 	}
 }
+
+// TestSenderStopsAfterShortAck: a receiver that acknowledges fewer
+// connections than a message carried (it closed meanwhile) is not sent
+// another message on that channel, even if the channel stays open: the
+// next Send fails at once and leaves its connection with the sender.
+func TestSenderStopsAfterShortAck(t *testing.T) {
+	addr := fmt.Sprintf("@handoff-conns-test-short-%d", os.Getpid())
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: addr, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	snd, err := Dial(addr, os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snd.Close()
+	peer, err := ln.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	peer.SetDeadline(time.Now().Add(10 * time.Second))
+	_, first := tcpPair(t)
+	firstErr := make(chan error, 1)
+	go func() { firstErr <- snd.Send(first, nil) }()
+	buf, oob := make([]byte, 64), make([]byte, 64)
+	if n, _, _, _, err := peer.ReadMsgUnix(buf, oob); err != nil || n == 0 {
+		t.Fatalf("the receiver read %d, %v; want the first message", n, err)
+	}
+	if _, err := peer.Write([]byte{0}); err != nil { // none of them taken
+		t.Fatal(err)
+	}
+	if err := <-firstErr; err == nil || errors.Is(err, ErrUnconfirmed) {
+		t.Fatalf("first send, not taken: %v, want it left with the sender", err)
+	}
+	_, second := tcpPair(t)
+	if err := snd.Send(second, nil); err == nil || errors.Is(err, ErrUnconfirmed) {
+		t.Fatalf("send after a short acknowledgement: %v, want it refused", err)
+	}
+	if n, oobn, _, _, err := peer.ReadMsgUnix(buf, oob); n != 0 || oobn != 0 || (err != nil && !errors.Is(err, io.EOF)) {
+		t.Fatalf("after a short acknowledgement the receiver read %d bytes and %d of rights (%v); want the channel closed", n, oobn, err)
+	}
+}
