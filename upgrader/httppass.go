@@ -183,12 +183,17 @@ func (s *HTTPServer) startReceiving(w *Worker, pass *connPassing, key string) {
 	// generations overlap. stopReceiving ends it with the drain.
 	go func() {
 		defer close(s.recvDone)
-		idle := s.Server.IdleTimeout
-		if idle <= 0 {
-			idle = s.Server.ReadTimeout // net/http's own fallback
-		}
-		s.Server.Serve(trackedListener{Listener: recv, plain: true, inbound: true, idle: idle, pass: s.tryPass})
+		s.Server.Serve(trackedListener{Listener: recv, plain: true, inbound: true, idle: idleTimeout(s.Server), pass: s.tryPass})
 	}()
+}
+
+// idleTimeout is how long srv lets a connection wait for its next request:
+// IdleTimeout, or ReadTimeout without one, as net/http does.
+func idleTimeout(srv *http.Server) time.Duration {
+	if srv.IdleTimeout > 0 {
+		return srv.IdleTimeout
+	}
+	return srv.ReadTimeout
 }
 
 // stopReceiving closes the receiver once the drain is otherwise over and

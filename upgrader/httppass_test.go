@@ -790,3 +790,41 @@ func TestKeepOpen(t *testing.T) {
 		t.Error("a drain that hands nothing over leaves a connection open")
 	}
 }
+
+// TestHandedOverNotCut: a connection closed here during the drain with a
+// request begun (the byte its background read took) is cut, unless it
+// went over to the next generation with that byte.
+func TestHandedOverNotCut(t *testing.T) {
+	for _, moved := range []bool{true, false} {
+		drainC := make(chan struct{})
+		close(drainC)
+		s := &HTTPServer{drainC: drainC, pool: &pool{}, conns: make(map[net.Conn]connInfo)}
+		c := &trackedConn{plain: true}
+		c.started.Store(true)
+		c.moved = moved
+		s.conns[c] = connInfo{state: http.StateIdle}
+		s.track(c, http.StateClosed)
+		if got, want := s.pool.cutCount(), map[bool]int64{true: 0, false: 1}[moved]; got != want {
+			t.Errorf("moved %v: %d cut, want %d", moved, got, want)
+		}
+	}
+	if handedOver(nil) {
+		t.Error("a connection that is not tracked counts as handed over")
+	}
+}
+
+// TestIdleTimeout: a connection taken over waits for its first byte as
+// long as the server lets an idle one wait: IdleTimeout, else ReadTimeout.
+func TestIdleTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		idle, read, want time.Duration
+	}{
+		{idle: 5 * time.Second, read: 3 * time.Second, want: 5 * time.Second},
+		{idle: 0, read: 3 * time.Second, want: 3 * time.Second},
+		{idle: 0, read: 0, want: 0},
+	} {
+		if got := idleTimeout(&http.Server{IdleTimeout: tc.idle, ReadTimeout: tc.read}); got != tc.want {
+			t.Errorf("IdleTimeout %s, ReadTimeout %s: %s, want %s", tc.idle, tc.read, got, tc.want)
+		}
+	}
+}
