@@ -151,7 +151,7 @@ func TestDrainKeepsIdleConnWhoseRequestWaitsInKernel(t *testing.T) {
 	}
 	p := newPool(1, srv.Worker, []net.Listener{ln}, nil, discardLogger(), nil)
 	p.start()
-	<-p.readyC
+	<-p.ready()
 	drained := make(chan error, 1)
 	defer func() {
 		p.drain(context.Background())

@@ -47,7 +47,7 @@ func TestGenerationDrain(t *testing.T) {
 			}
 			p := newPool(1, serveUntilClosed, []net.Listener{newFakeListener()}, nil, discardLogger(), nil)
 			p.start()
-			<-p.readyC
+			<-p.ready()
 
 			if err := u.drain(p, nil); err != nil {
 				t.Fatal(err)

@@ -4,7 +4,6 @@ package upgrader
 
 import (
 	"context"
-	"errors"
 	"net"
 	"os"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cloudflare/tableflip"
+	"github.com/gohandoff/handoff/internal/handover"
 )
 
 // fakeHandover stands for tableflip in the test process, where tableflip
@@ -148,7 +148,7 @@ func (h *fakeHandover) Ready() error {
 
 // Upgrade runs the new generation's part, then, as tableflip does once the
 // new generation is ready, closes Exit. Like tableflip's, it refuses once
-// stopped or upgraded, with tableflip's words.
+// stopped or upgraded, with the errors of internal/handover.
 func (h *fakeHandover) Upgrade() error {
 	h.mu.Lock()
 	h.upgrades++
@@ -156,9 +156,9 @@ func (h *fakeHandover) Upgrade() error {
 	h.mu.Unlock()
 	switch {
 	case stopped:
-		return errors.New("terminating")
+		return handover.ErrStopping
 	case upgraded:
-		return errors.New("already upgraded")
+		return handover.ErrUpgraded
 	}
 	if fn != nil {
 		if err := fn(); err != nil {
@@ -201,12 +201,12 @@ func (h *fakeHandover) counts() (readies, stops, upgrades int) {
 func newFakeUpgrader(t *testing.T, opts Options, h *fakeHandover) (*Upgrader, error) {
 	t.Helper()
 	if h.parent {
-		t.Setenv(tableflipParentEnv, "1")
+		t.Setenv(handover.ParentEnv, "1")
 	}
 	if opts.Logger == nil {
 		opts.Logger = discardLogger()
 	}
-	u, err := newUpgrader(opts, func(o tableflip.Options, hasParent bool) (handover, error) {
+	u, err := newUpgrader(opts, func(o tableflip.Options, hasParent bool) (handover.Handover, error) {
 		if hasParent != h.parent {
 			t.Errorf("the handover started with hasParent %v, want %v", hasParent, h.parent)
 		}

@@ -84,7 +84,7 @@ func FuzzHTTPDrainEdge(f *testing.F) {
 		}}
 		p := newPool(1, srv.Worker, []net.Listener{ln}, nil, discardLogger(), nil)
 		p.start()
-		<-p.readyC
+		<-p.ready()
 		conn, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
 			t.Fatal(err)

@@ -26,7 +26,7 @@ func startHTTPPool(t *testing.T, h http.Handler) (*pool, string, <-chan http.Con
 	}}
 	p := newPool(2, srv.Worker, []net.Listener{ln}, nil, discardLogger(), nil)
 	p.start()
-	<-p.readyC
+	<-p.ready()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()

@@ -52,7 +52,7 @@ func startPassPair(t *testing.T, newReceives bool) *passPair {
 		pp.newP.pass = &connPassing{publish: func(_, a string) { addr = a }, successor: func(string) []connTarget { return nil }}
 	}
 	pp.newP.start()
-	<-pp.newP.readyC
+	<-pp.newP.ready()
 	pp.oldS, pp.oldLn = mk("old")
 	pp.oldP = newPool(1, pp.oldS.Worker, []net.Listener{pp.oldLn}, nil, discardLogger(), nil)
 	// The two listen on different ports, so their keys differ: this
@@ -64,7 +64,7 @@ func startPassPair(t *testing.T, newReceives bool) *passPair {
 		return []connTarget{{addr: addr, pid: os.Getpid()}}
 	}}
 	pp.oldP.start()
-	<-pp.oldP.readyC
+	<-pp.oldP.ready()
 	t.Cleanup(func() {
 		select {
 		case <-pp.release:

@@ -88,7 +88,7 @@ func TestHTTPDrainCleanLogsNoCut(t *testing.T) {
 	srv := &HTTPServer{Server: &http.Server{Handler: http.HandlerFunc(hello)}}
 	p := newPool(1, srv.Worker, []net.Listener{ln}, nil, slog.New(slog.NewTextHandler(&logs, nil)), nil)
 	p.start()
-	<-p.readyC
+	<-p.ready()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := p.drain(ctx); err != nil {

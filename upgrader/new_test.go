@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/gohandoff/handoff/control"
+	"github.com/gohandoff/handoff/internal/handover"
 	"github.com/gohandoff/handoff/pidfile"
 )
 
@@ -161,7 +162,7 @@ func TestNewGenerationTakesParentsState(t *testing.T) {
 	if u.Generation() != 5 || u.ppid != ppid || !u.HasParent() {
 		t.Errorf("generation %d, parent %d, has parent %v; want 5, %d, true", u.Generation(), u.ppid, u.HasParent(), ppid)
 	}
-	if os.Getenv(tableflipParentEnv) != "" {
+	if os.Getenv(handover.ParentEnv) != "" {
 		t.Error("tableflip's marker left in the environment of processes the service starts")
 	}
 	h.endParent()
@@ -471,7 +472,7 @@ func TestUpgradeFailsAndServesOn(t *testing.T) {
 	go func() { waited <- child.Wait() }()
 	t.Cleanup(func() { child.Process.Kill() })
 	h.onUpgrade = func() error {
-		return fmt.Errorf("child pid=%d exited: exit status 3", child.Process.Pid)
+		return &handover.ChildError{PID: child.Process.Pid, Status: "exit status 3"}
 	}
 	_, err := u.Upgrade(context.Background())
 	var ue *UpgradeError

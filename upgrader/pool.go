@@ -12,16 +12,17 @@ import (
 	"time"
 
 	"github.com/gohandoff/handoff/control"
+	"github.com/gohandoff/handoff/internal/supervise"
 )
 
-// Restart of a failing worker, goroutine or process (restartPolicy): at
-// once the first time, then after a backoff doubling from
+// Restart of a failing worker, goroutine or process (internal/supervise):
+// at once the first time, then after a backoff doubling from
 // MinRestartBackoff up to MaxRestartBackoff; once a worker has stayed up
 // for StableAfter, at once again.
 const (
-	MinRestartBackoff = 100 * time.Millisecond
-	MaxRestartBackoff = 10 * time.Second
-	StableAfter       = 10 * time.Second
+	MinRestartBackoff = supervise.MinBackoff
+	MaxRestartBackoff = supervise.MaxBackoff
+	StableAfter       = supervise.StableAfter
 )
 
 // A WorkerFunc is the application's worker. Each worker of the pool runs it
@@ -76,12 +77,12 @@ func (w *Worker) Draining() <-chan struct{} {
 	return w.pool.draining
 }
 
+// slot is a goroutine worker's place: its books, and the state and start
+// of its current run.
 type slot struct {
-	state    string
-	restarts int
-	started  time.Time
-	lastErr  string
-	wasReady bool
+	supervise.Slot
+	state   supervise.State
+	started time.Time
 }
 
 // pool runs n goroutine workers and supervises them.
@@ -91,7 +92,6 @@ type pool struct {
 	pcs      []net.PacketConn
 	log      *slog.Logger
 	draining chan struct{}
-	readyC   chan struct{}
 	done     chan struct{}
 	cancel   context.CancelFunc
 	drainOne sync.Once
@@ -104,7 +104,7 @@ type pool struct {
 
 	mu           sync.Mutex
 	slots        []slot
-	nready       int
+	nready       *supervise.Count
 	connCounters []func() int // progress.go
 	// pass, on the Upgrader's goroutine pool, lets its HTTPServers take
 	// connections over from the previous generation and hand theirs to
@@ -126,9 +126,9 @@ func newPool(n int, fn WorkerFunc, lns []net.Listener, pcs []net.PacketConn, log
 		pcs:      pcs,
 		log:      log,
 		draining: make(chan struct{}),
-		readyC:   make(chan struct{}),
 		done:     make(chan struct{}),
 		slots:    make([]slot, n),
+		nready:   supervise.NewCount(n),
 		procID:   -1,
 	}
 }
@@ -141,7 +141,7 @@ func (p *pool) workerLog(id int) *slog.Logger {
 	return p.log.With("worker", id)
 }
 
-func (p *pool) ready() <-chan struct{} { return p.readyC }
+func (p *pool) ready() <-chan struct{} { return p.nready.Done() }
 
 // start runs the workers until drain; done is closed when all returned.
 func (p *pool) start() error {
@@ -172,40 +172,32 @@ func (p *pool) isDraining() bool {
 }
 
 func (p *pool) supervise(ctx context.Context, id int) {
-	var restart restartPolicy
-	looping := false
 	for {
-		p.setState(id, stateStarting, nil)
+		p.setState(id, supervise.Starting, nil)
 		start := time.Now()
 		err := p.runOnce(ctx, id)
 		if p.isDraining() || ctx.Err() != nil {
-			p.setState(id, stateStopped, err)
+			p.setState(id, supervise.Stopped, err)
 			return
 		}
 		if err == nil {
 			err = errors.New("worker returned before the drain")
 		}
-		backoff, crashLoop := restart.died(start, time.Now())
-		switch {
-		case crashLoop && !looping:
-			looping = true
-			p.setState(id, stateCrashLoop, err)
-			p.workerLog(id).Error("WORKER CRASH LOOP: backing off", "deaths", restart.deathsInWindow(), "window", CrashLoopWindow, "err", err, "backoff", backoff)
-		case crashLoop:
-			p.setState(id, stateCrashLoop, err)
-			p.workerLog(id).Error("worker in crash loop died again", "err", err, "backoff", backoff)
-		default:
-			looping = false
-			p.setState(id, stateBackoff, err)
-			p.workerLog(id).Error("worker failed, restarting", "err", err, "backoff", backoff)
+		p.mu.Lock()
+		d := p.slots[id].Died(start, time.Now(), err)
+		p.slots[id].state = supervise.Backoff
+		if d.Looping {
+			p.slots[id].state = supervise.CrashLoop
 		}
+		p.mu.Unlock()
+		d.Log(p.workerLog(id), "worker failed, restarting", err)
 		select {
-		case <-time.After(backoff):
+		case <-time.After(d.Delay):
 		case <-p.draining:
 			return
 		}
 		p.mu.Lock()
-		p.slots[id].restarts++
+		p.slots[id].Restarts++
 		p.mu.Unlock()
 	}
 }
@@ -223,16 +215,16 @@ func (p *pool) runOnce(ctx context.Context, id int) (err error) {
 	return p.fn(ctx, w)
 }
 
-func (p *pool) setState(id int, state string, err error) {
+func (p *pool) setState(id int, state supervise.State, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := &p.slots[id]
 	s.state = state
-	if state == stateStarting {
+	if state == supervise.Starting {
 		s.started = time.Now()
 	}
 	if err != nil {
-		s.lastErr = err.Error()
+		s.LastErr = err.Error()
 	}
 }
 
@@ -243,15 +235,8 @@ func (p *pool) workerReady(id int) {
 	if p.isDraining() {
 		return
 	}
-	s.state = stateReady
-	if s.wasReady {
-		return
-	}
-	s.wasReady = true
-	p.nready++
-	if p.nready == len(p.slots) {
-		close(p.readyC)
-	}
+	s.state = supervise.Ready
+	p.nready.Ready(&s.Slot, time.Now())
 }
 
 // stopAccepting ends the accept loops, closes the draining channel and
@@ -262,8 +247,8 @@ func (p *pool) stopAccepting() {
 		p.mu.Lock()
 		close(p.draining)
 		for i := range p.slots {
-			if p.slots[i].state == stateReady {
-				p.slots[i].state = stateDraining
+			if p.slots[i].state == supervise.Ready {
+				p.slots[i].state = supervise.Draining
 			}
 		}
 		p.mu.Unlock()
@@ -310,7 +295,7 @@ func (p *pool) status() []control.WorkerStatus {
 	defer p.mu.Unlock()
 	out := make([]control.WorkerStatus, len(p.slots))
 	for i, s := range p.slots {
-		out[i] = control.WorkerStatus{ID: i, State: s.state, Restarts: s.restarts, LastErr: s.lastErr}
+		out[i] = s.Status(i, s.state)
 		if !s.started.IsZero() {
 			out[i].Uptime = time.Since(s.started).Round(time.Millisecond)
 		}

@@ -62,7 +62,7 @@ func TestPoolRestartsFailingWorkerWithBackoff(t *testing.T) {
 		p := newPool(1, fn, []net.Listener{ln}, nil, discardLogger(), nil)
 		start := time.Now()
 		p.start()
-		<-p.readyC
+		<-p.ready()
 		// Three failures: a restart at once, then backoffs of 100 and
 		// 200 ms before the fourth run.
 		if got, want := time.Since(start), 300*time.Millisecond; got != want {
@@ -118,14 +118,14 @@ func TestPoolReadyOnlyWhenEveryWorkerIs(t *testing.T) {
 		p.start()
 		synctest.Wait()
 		select {
-		case <-p.readyC:
+		case <-p.ready():
 			t.Fatal("pool ready while worker 2 is not")
 		default:
 		}
 		close(release)
 		synctest.Wait()
 		select {
-		case <-p.readyC:
+		case <-p.ready():
 		default:
 			t.Fatal("pool not ready after every worker is")
 		}
@@ -138,7 +138,7 @@ func TestPoolDrainClosesSocketsBeforeWorkersSeeIt(t *testing.T) {
 		ln := newFakeListener()
 		p := newPool(2, serveUntilClosed, []net.Listener{ln}, nil, discardLogger(), nil)
 		p.start()
-		<-p.readyC
+		<-p.ready()
 		if err := p.drain(context.Background()); err != nil {
 			t.Fatal(err)
 		}
@@ -164,7 +164,7 @@ func TestPoolDrainTimeoutCancelsWorkers(t *testing.T) {
 		}
 		p := newPool(1, fn, nil, nil, discardLogger(), nil)
 		p.start()
-		<-p.readyC
+		<-p.ready()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		start := time.Now()
@@ -188,7 +188,7 @@ func TestPoolDrainGivesUpOnStuckWorker(t *testing.T) {
 		}
 		p := newPool(1, fn, nil, nil, discardLogger(), nil)
 		p.start()
-		<-p.readyC
+		<-p.ready()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		if err := p.drain(ctx); err == nil {

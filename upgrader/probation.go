@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gohandoff/handoff/internal/handover"
 	"github.com/gohandoff/handoff/internal/proc"
 )
 
@@ -209,7 +210,7 @@ func restoredEnv(names []string, gen int) []string {
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case tableflipParentEnv, restoreEnv, "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID":
+		case handover.ParentEnv, restoreEnv, "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID":
 			continue
 		}
 		env = append(env, kv)

@@ -7,12 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/gohandoff/handoff/control"
 	"github.com/gohandoff/handoff/internal/proc"
+	"github.com/gohandoff/handoff/internal/supervise"
 )
 
 // workerProc is one worker process. Its fields but state are set before
@@ -29,7 +29,7 @@ type workerProc struct {
 	exited   chan struct{}
 	err      error  // how it exited, set before exited is closed
 	failure  string // why the pool killed it, if it did
-	state    string
+	state    supervise.State
 	set      int // its socket set with kernel steering, else -1
 }
 
@@ -42,14 +42,10 @@ func (p *workerProc) markReady() bool {
 // procSlot is the place of one worker: its current process, the
 // replacement a roll is starting, and the crash history.
 type procSlot struct {
+	supervise.Slot
 	cur, next *workerProc
-	restarts  int
-	restart   restartPolicy
-	looping   bool
 	respawn   *time.Timer
 	respawnAt time.Time
-	lastErr   string
-	wasReady  bool
 	// keep is the socket set of the slot's last worker, with kernel
 	// steering: its replacement takes it, and the connections queued on
 	// it (-1: none).
@@ -64,10 +60,9 @@ type procPool struct {
 	spec *procSpec
 	// closeSockets closes the master's own sockets when the drain starts.
 	closeSockets func()
-	// readyAt is when the whole pool was first ready; rollback says why
-	// its workers were rolled back to the previous build, if they were,
-	// and onRollback replaces those still running this build.
-	readyAt      time.Time
+	// rollback says why its workers were rolled back to the previous
+	// build, if they were, and onRollback replaces those still running
+	// this build.
 	rollback     string
 	onRollback   func()
 	log          *slog.Logger
@@ -78,7 +73,6 @@ type procPool struct {
 	// steer, if set, steers new connections in the kernel (steering.go).
 	steer *steering
 
-	readyC    chan struct{}
 	failed    chan struct{} // closed on a crash loop before ready, with failFast
 	failFast  bool
 	failOnce  sync.Once
@@ -87,10 +81,12 @@ type procPool struct {
 	drainOnce sync.Once
 	live      sync.WaitGroup
 
-	mu      sync.Mutex
-	slots   []procSlot
-	procs   map[*workerProc]struct{}
-	nready  int
+	mu    sync.Mutex
+	slots []procSlot
+	procs map[*workerProc]struct{}
+	// nready counts the slots ready; nready.At is when the whole pool
+	// was first ready.
+	nready  *supervise.Count
 	killed  int64 // workers killed at the drain timeout
 	open    bool  // the generation is ready: workers may accept
 	publish bool  // write the workers PID file
@@ -106,7 +102,7 @@ func newProcPool(u *Upgrader, spec *procSpec) *procPool {
 		readyTimeout: u.opts.UpgradeTimeout,
 		readyDelay:   u.opts.WorkerReadyDelay,
 		pidFile:      u.opts.WorkersPIDFile,
-		readyC:       make(chan struct{}),
+		nready:       supervise.NewCount(u.opts.Workers),
 		failed:       make(chan struct{}),
 		failFast:     u.HasParent(),
 		open:         !u.HasParent(), // the first generation serves alone
@@ -183,7 +179,7 @@ func (pp *procPool) keptLocked() []int {
 	return kept
 }
 
-func (pp *procPool) ready() <-chan struct{} { return pp.readyC }
+func (pp *procPool) ready() <-chan struct{} { return pp.nready.Done() }
 
 func (pp *procPool) isDraining() bool {
 	select {
@@ -319,26 +315,25 @@ func (pp *procPool) status() []control.WorkerStatus {
 	listed := make(map[*workerProc]bool)
 	add := func(id int, p *workerProc, s *procSlot) {
 		listed[p] = true
-		out = append(out, control.WorkerStatus{ID: id, PID: p.pid, State: p.state, Restarts: s.restarts,
-			Uptime: now.Sub(p.started).Round(time.Millisecond), LastErr: s.lastErr})
+		st := s.Status(id, p.state)
+		st.PID, st.Uptime = p.pid, now.Sub(p.started).Round(time.Millisecond)
+		out = append(out, st)
 	}
 	for id := range pp.slots {
 		s := &pp.slots[id]
-		if s.looping && s.cur != nil && s.cur.state == stateReady && now.Sub(s.cur.started) >= StableAfter {
-			s.looping = false
-		}
 		if s.cur != nil {
+			looping := s.Up(s.cur.started, s.cur.state == supervise.Ready, now)
 			add(id, s.cur, s)
-			if s.looping {
-				out[len(out)-1].State = stateCrashLoop + "/" + s.cur.state
+			if looping {
+				out[len(out)-1].State = string(supervise.CrashLoop) + "/" + string(s.cur.state)
 			}
 		} else {
-			st := control.WorkerStatus{ID: id, State: stateBackoff, Restarts: s.restarts, LastErr: s.lastErr}
+			st := s.Status(id, supervise.Backoff)
 			if s.respawn != nil {
-				st.LastErr = fmt.Sprintf("next start in %s: %s", s.respawnAt.Sub(now).Round(time.Millisecond), s.lastErr)
+				st.LastErr = fmt.Sprintf("next start in %s: %s", s.respawnAt.Sub(now).Round(time.Millisecond), s.LastErr)
 			}
-			if s.looping {
-				st.State = stateCrashLoop
+			if s.Looping {
+				st.State = string(supervise.CrashLoop)
 			}
 			out = append(out, st)
 		}
@@ -348,15 +343,8 @@ func (pp *procPool) status() []control.WorkerStatus {
 	}
 	for p := range pp.procs {
 		if !listed[p] {
-			out = append(out, control.WorkerStatus{ID: p.id, PID: p.pid, State: p.state, Uptime: now.Sub(p.started).Round(time.Millisecond)})
+			out = append(out, control.WorkerStatus{ID: p.id, PID: p.pid, State: string(p.state), Uptime: now.Sub(p.started).Round(time.Millisecond)})
 		}
 	}
 	return out
-}
-
-func errString(err error) string {
-	if err == nil {
-		return "exited with status 0"
-	}
-	return strings.TrimSpace(err.Error())
 }

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gohandoff/handoff/internal/supervise"
 	"github.com/oklog/run"
 )
 
@@ -210,8 +211,8 @@ func TestProcPoolServesReplacesAndDrains(t *testing.T) {
 	if st[0].PID == first[0] || st[0].PID == 0 || st[0].Restarts != 1 || st[0].LastErr != "signal: killed" || st[1].PID != first[1] {
 		t.Fatalf("after worker 0 was killed: %+v", st)
 	}
-	if pp.nready != 2 {
-		t.Errorf("%d slots counted ready, want 2", pp.nready)
+	if pp.nready.N() != 2 {
+		t.Errorf("%d slots counted ready, want 2", pp.nready.N())
 	}
 	logs.waitFor(t, 1, fakeEvent(st[0].PID, "gate open"))
 	if got, _ := readPIDFile(pp.pidFile); !slices.Equal(got, []int{st[0].PID, first[1]}) {
@@ -288,7 +289,7 @@ func TestProcPoolCrashLoopFailsUpgrade(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "worker 0 in a crash loop before this generation was ready: exit status 3") {
 		t.Fatalf("run: %v", err)
 	}
-	if st := pp.status(); st[0].Restarts != CrashLoopDeaths-1 || st[0].State != stateCrashLoop && st[0].State != stateCrashLoop+"/"+stateStarting {
+	if st := pp.status(); st[0].Restarts != CrashLoopDeaths-1 || st[0].State != string(supervise.CrashLoop) && st[0].State != string(supervise.CrashLoop)+"/"+string(supervise.Starting) {
 		t.Errorf("status %+v: want %d restarts, in a crash loop", st[0], CrashLoopDeaths-1)
 	}
 	select {
@@ -370,8 +371,8 @@ func TestProcPoolRoll(t *testing.T) {
 	if got, _ := readPIDFile(pp.pidFile); !slices.Equal(got, rolled) {
 		t.Errorf("workers PID file %v after the roll, want %v", got, rolled)
 	}
-	if pp.nready != 2 || pp.slots[0].restarts != 0 {
-		t.Errorf("a roll counted as deaths or readies: %d ready, %d restarts", pp.nready, pp.slots[0].restarts)
+	if pp.nready.N() != 2 || pp.slots[0].Restarts != 0 {
+		t.Errorf("a roll counted as deaths or readies: %d ready, %d restarts", pp.nready.N(), pp.slots[0].Restarts)
 	}
 
 	setMode("crash")

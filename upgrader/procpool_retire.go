@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/gohandoff/handoff/internal/supervise"
 	"syscall"
 	"time"
 )
@@ -72,7 +73,7 @@ func (pp *procPool) waitReady(ctx context.Context, p *workerProc) error {
 	case <-p.readyC:
 		return nil
 	case <-p.exited:
-		return fmt.Errorf("exited before ready: %s", errString(p.err))
+		return fmt.Errorf("exited before ready: %s", supervise.ErrString(p.err))
 	case <-pp.draining:
 		return errors.New("not ready before this generation began to drain")
 	case <-ctx.Done():
@@ -84,7 +85,7 @@ func (pp *procPool) waitReady(ctx context.Context, p *workerProc) error {
 // has not exited by then.
 func (pp *procPool) stopProc(p *workerProc, timeout time.Duration) {
 	pp.mu.Lock()
-	p.state = stateDraining
+	p.state = supervise.Draining
 	pp.mu.Unlock()
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	if timeout <= 0 {
@@ -109,7 +110,7 @@ func (pp *procPool) stopProc(p *workerProc, timeout time.Duration) {
 func (pp *procPool) retire(ctx context.Context, p *workerProc, killAfter time.Duration) {
 	start := time.Now()
 	pp.mu.Lock()
-	p.state = stateDraining
+	p.state = supervise.Draining
 	pp.steerLocked()
 	pp.mu.Unlock()
 	if held, idle := pp.steer.waitIdle(ctx, p); !idle {

@@ -3,6 +3,7 @@ package upgrader
 import (
 	"errors"
 	"fmt"
+	"github.com/gohandoff/handoff/internal/supervise"
 	"os"
 	"strings"
 	"time"
@@ -11,7 +12,7 @@ import (
 // spawn starts a process for slot id, as its current process or, for a
 // roll, as its replacement.
 func (pp *procPool) spawn(id int, replacement bool) (*workerProc, error) {
-	p := &workerProc{id: id, readyC: make(chan struct{}), exited: make(chan struct{}), state: stateStarting, set: -1}
+	p := &workerProc{id: id, readyC: make(chan struct{}), exited: make(chan struct{}), state: supervise.Starting, set: -1}
 	var err error
 	if pp.readyDelay <= 0 {
 		if p.notify, err = pp.spec.newNotifySocket(id); err != nil {
@@ -115,23 +116,17 @@ func (pp *procPool) watchReady(p *workerProc) {
 func (pp *procPool) setReady(p *workerProc) {
 	pp.mu.Lock()
 	defer pp.mu.Unlock()
-	if p.state != stateStarting {
+	if p.state != supervise.Starting {
 		return
 	}
 	if !p.markReady() {
 		return
 	}
-	p.state = stateReady
+	p.state = supervise.Ready
 	pp.log.Info("worker ready", "worker", p.id, "worker_pid", p.pid, "startup", time.Since(p.started).Round(time.Millisecond))
 	pp.steerLocked()
-	s := &pp.slots[p.id]
-	if p == s.cur && !s.wasReady {
-		s.wasReady = true
-		pp.nready++
-		if pp.nready == pp.n {
-			pp.readyAt = time.Now()
-			close(pp.readyC)
-		}
+	if s := &pp.slots[p.id]; p == s.cur {
+		pp.nready.Ready(&s.Slot, time.Now())
 	}
 }
 
@@ -173,33 +168,24 @@ func (pp *procPool) wait(p *workerProc) {
 }
 
 // diedLocked records the death of slot id's process started at started
-// and schedules its replacement: at once after a worker that was stable,
-// then with a backoff doubling up to MaxRestartBackoff.
+// and schedules its replacement by the restart rule (internal/supervise);
+// a crash loop soon after an upgrade rolls the workers back instead.
 func (pp *procPool) diedLocked(id int, started time.Time, err error) {
 	s := &pp.slots[id]
-	delay, crashLoop := s.restart.died(started, time.Now())
-	s.lastErr = errString(err)
-	if crashLoop {
-		switch {
-		case pp.rollbackLocked(id):
-			delay = 0
-		case !s.looping:
-			s.looping = true
-			pp.log.Error("WORKER CRASH LOOP: backing off", "worker", id, "deaths", s.restart.deathsInWindow(), "window", CrashLoopWindow, "err", err, "backoff", delay)
-		default:
-			pp.log.Error("worker in crash loop died again", "worker", id, "err", err, "backoff", delay)
-		}
-		if pp.failFast && pp.nready < pp.n {
-			pp.failOnce.Do(func() {
-				pp.failErr = fmt.Errorf("upgrader: worker %d in a crash loop before this generation was ready: %s", id, s.lastErr)
-				close(pp.failed)
-			})
-		}
+	d := s.Died(started, time.Now(), err)
+	if d.Looping && pp.rollbackLocked(id) {
+		d.Delay = 0
 	} else {
-		pp.log.Error("worker died, replacing it", "worker", id, "err", err, "backoff", delay)
+		d.Log(pp.log.With("worker", id), "worker died, replacing it", err)
+	}
+	if d.Looping && pp.failFast && !pp.nready.All() {
+		pp.failOnce.Do(func() {
+			pp.failErr = fmt.Errorf("upgrader: worker %d in a crash loop before this generation was ready: %s", id, s.LastErr)
+			close(pp.failed)
+		})
 	}
 	if s.next == nil {
-		pp.scheduleLocked(id, delay)
+		pp.scheduleLocked(id, d.Delay)
 	}
 }
 
@@ -220,7 +206,7 @@ func (pp *procPool) respawn(id int) {
 		return
 	}
 	s.respawn = nil
-	s.restarts++
+	s.Restarts++
 	pp.mu.Unlock()
 	start := time.Now()
 	if _, err := pp.spawn(id, false); err != nil && !errors.Is(err, errPoolDraining) {

@@ -4,6 +4,7 @@ package upgrader
 
 import (
 	"errors"
+	"github.com/gohandoff/handoff/internal/supervise"
 	"log/slog"
 	"os"
 	"strings"
@@ -92,7 +93,7 @@ func testProcPool(t *testing.T, n int) (*procPool, *logLines) {
 		log:          logs.logger(),
 		drainTimeout: 5 * time.Second,
 		readyTimeout: 10 * time.Second,
-		readyC:       make(chan struct{}),
+		nready:       supervise.NewCount(n),
 		failed:       make(chan struct{}),
 		draining:     make(chan struct{}),
 		slots:        make([]procSlot, n),
@@ -117,7 +118,7 @@ func died(pp *procPool, id int, started time.Time) time.Duration {
 	if s.cur == nil {
 		// A respawn due at once may have fired already: it finds the
 		// slot taken and starts nothing.
-		s.cur = testProc(stateStarting)
+		s.cur = testProc(supervise.Starting)
 	}
 	if s.respawn == nil {
 		return -1
@@ -136,7 +137,7 @@ func TestProcPoolBackoff(t *testing.T) {
 		var got []time.Duration
 		for range 9 {
 			got = append(got, died(pp, 0, now))
-			pp.slots[0].restart.deaths = nil // no crash loop: the backoff alone
+			pp.slots[0].Deaths = nil // no crash loop: the backoff alone
 		}
 		want := []time.Duration{0, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond,
 			1600 * time.Millisecond, 3200 * time.Millisecond, 6400 * time.Millisecond, 10 * time.Second}
@@ -148,15 +149,15 @@ func TestProcPoolBackoff(t *testing.T) {
 		if d := died(pp, 0, now.Add(-StableAfter+1)); d != MaxRestartBackoff {
 			t.Errorf("after a worker up StableAfter - 1ns: delay %v, want the capped backoff %v", d, MaxRestartBackoff)
 		}
-		pp.slots[0].restart.deaths = nil
+		pp.slots[0].Deaths = nil
 		if d := died(pp, 0, now.Add(-StableAfter)); d != 0 {
 			t.Errorf("after a worker up StableAfter: delay %v, want 0 (backoff reset)", d)
 		}
 		if d := died(pp, 0, now); d != MinRestartBackoff {
 			t.Errorf("the death after a reset: delay %v, want %v", d, MinRestartBackoff)
 		}
-		if pp.slots[0].lastErr != "exit status 3" {
-			t.Errorf("last error %q, want the death's", pp.slots[0].lastErr)
+		if pp.slots[0].LastErr != "exit status 3" {
+			t.Errorf("last error %q, want the death's", pp.slots[0].LastErr)
 		}
 	})
 }
@@ -167,7 +168,7 @@ func TestProcPoolBackoff(t *testing.T) {
 func TestProcPoolNoRespawnBesideAReplacement(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		pp, _ := testProcPool(t, 1)
-		pp.slots[0].next = testProc(stateStarting)
+		pp.slots[0].next = testProc(supervise.Starting)
 		if d := died(pp, 0, time.Now()); d != -1 {
 			t.Errorf("respawn scheduled in %v beside a replacement, want none", d)
 		}
@@ -185,13 +186,13 @@ func TestProcPoolCrashLoop(t *testing.T) {
 
 		pp, logs := testProcPool(t, 2)
 		pp.failFast = true
-		pp.slots[0].restart.deaths = append([]time.Time(nil), old[:4]...) // 3 in the window, and this one
+		pp.slots[0].Deaths = append([]time.Time(nil), old[:4]...) // 3 in the window, and this one
 		died(pp, 0, now)
-		if pp.slots[0].looping || logs.count("CRASH LOOP") > 0 {
+		if pp.slots[0].Looping || logs.count("CRASH LOOP") > 0 {
 			t.Fatalf("4 deaths in the window taken for a crash loop; the log:\n%s", logs)
 		}
-		if len(pp.slots[0].restart.deaths) != 4 {
-			t.Errorf("%d deaths kept, want 4 (the one older than the window dropped)", len(pp.slots[0].restart.deaths))
+		if len(pp.slots[0].Deaths) != 4 {
+			t.Errorf("%d deaths kept, want 4 (the one older than the window dropped)", len(pp.slots[0].Deaths))
 		}
 		select {
 		case <-pp.failed:
@@ -199,8 +200,8 @@ func TestProcPoolCrashLoop(t *testing.T) {
 		default:
 		}
 		died(pp, 0, now) // the 5th within the window
-		if !pp.slots[0].looping || logs.count("WORKER CRASH LOOP", "worker=0") != 1 {
-			t.Fatalf("5 deaths in the window: looping %v; the log:\n%s", pp.slots[0].looping, logs)
+		if !pp.slots[0].Looping || logs.count("WORKER CRASH LOOP", "worker=0") != 1 {
+			t.Fatalf("5 deaths in the window: looping %v; the log:\n%s", pp.slots[0].Looping, logs)
 		}
 		select {
 		case <-pp.failed:
@@ -222,10 +223,13 @@ func TestProcPoolCrashLoop(t *testing.T) {
 			nready   int
 		}{{true, 2}, {false, 0}} {
 			pp, _ := testProcPool(t, 2)
-			pp.failFast, pp.nready = tc.failFast, tc.nready
-			pp.slots[0].restart.deaths = append(append([]time.Time(nil), old[1:]...), now) // and this one: 5
+			pp.failFast = tc.failFast
+			for i := range tc.nready {
+				pp.nready.Ready(&pp.slots[i].Slot, now)
+			}
+			pp.slots[0].Deaths = append(append([]time.Time(nil), old[1:]...), now) // and this one: 5
 			died(pp, 0, now)
-			if !pp.slots[0].looping {
+			if !pp.slots[0].Looping {
 				t.Errorf("fail fast %v, %d ready: no crash loop", tc.failFast, tc.nready)
 			}
 			select {
@@ -248,14 +252,14 @@ func rollbackPool(t *testing.T, readyAgo time.Duration) (*procPool, chan struct{
 	}
 	t.Cleanup(func() { prev.Close() })
 	pp.spec.prev = prev
-	pp.readyAt = time.Now().Add(-readyAgo)
+	pp.nready.At = time.Now().Add(-readyAgo)
 	called := make(chan struct{}, 1)
 	pp.onRollback = func() { called <- struct{}{} }
 	for i := range pp.slots {
-		pp.slots[i].restart.backoff, pp.slots[i].looping = time.Second, true
-		pp.slots[i].restart.deaths = []time.Time{time.Now()}
+		pp.slots[i].Backoff, pp.slots[i].Looping = time.Second, true
+		pp.slots[i].Deaths = []time.Time{time.Now()}
 	}
-	pp.slots[1].lastErr = "exit status 3"
+	pp.slots[1].LastErr = "exit status 3"
 	return pp, called
 }
 
@@ -278,8 +282,8 @@ func TestProcPoolRollback(t *testing.T) {
 			t.Errorf("later starts run %v, want the previous image %s", p, imagePath(pp.spec.prev))
 		}
 		for i, s := range pp.slots {
-			if s.restart.deaths != nil || s.looping || s.restart.backoff != 0 {
-				t.Errorf("slot %d after the rollback: deaths %v, looping %v, backoff %v; want a fresh start", i, s.restart.deaths, s.looping, s.restart.backoff)
+			if s.Deaths != nil || s.Looping || s.Backoff != 0 {
+				t.Errorf("slot %d after the rollback: deaths %v, looping %v, backoff %v; want a fresh start", i, s.Deaths, s.Looping, s.Backoff)
 			}
 		}
 		synctest.Wait()
@@ -299,10 +303,10 @@ func TestProcPoolRollback(t *testing.T) {
 			name  string
 			setup func(pp *procPool)
 		}{
-			{"1ns after the window", func(pp *procPool) { pp.readyAt = pp.readyAt.Add(-1) }},
+			{"1ns after the window", func(pp *procPool) { pp.nready.At = pp.nready.At.Add(-1) }},
 			{"no previous build", func(pp *procPool) { pp.spec.prev = nil }},
 			{"rolled back already", func(pp *procPool) { img := "/x"; pp.spec.rolled.Store(&img) }},
-			{"not ready", func(pp *procPool) { pp.readyAt = time.Time{} }},
+			{"not ready", func(pp *procPool) { pp.nready.At = time.Time{} }},
 			{"draining", func(pp *procPool) { close(pp.draining) }},
 		} {
 			pp, called := rollbackPool(t, RollbackWindow)
@@ -312,7 +316,7 @@ func TestProcPoolRollback(t *testing.T) {
 			ok := pp.rollbackLocked(0)
 			pp.mu.Unlock()
 			synctest.Wait()
-			if ok || pp.spec.rolled.Load() != rolled || pp.rollback != "" || len(called) > 0 || !pp.slots[0].looping {
+			if ok || pp.spec.rolled.Load() != rolled || pp.rollback != "" || len(called) > 0 || !pp.slots[0].Looping {
 				t.Errorf("%s: rolled back (%v, %q)", tc.name, ok, pp.rollback)
 			}
 		}
@@ -335,11 +339,11 @@ func TestProcPoolCrashLoopRollsBack(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		pp, _ := rollbackPool(t, time.Second)
 		now := time.Now()
-		pp.slots[0].restart.backoff, pp.slots[0].looping = 5*time.Second, false
-		pp.slots[0].restart.deaths = []time.Time{now, now, now, now}
+		pp.slots[0].Backoff, pp.slots[0].Looping = 5*time.Second, false
+		pp.slots[0].Deaths = []time.Time{now, now, now, now}
 		d := died(pp, 0, now)
-		if d != 0 || pp.slots[0].looping || !pp.spec.rolledBack() {
-			t.Errorf("crash loop with a rollback: delay %v (want 0), looping %v, rolled back %v", d, pp.slots[0].looping, pp.spec.rolledBack())
+		if d != 0 || pp.slots[0].Looping || !pp.spec.rolledBack() {
+			t.Errorf("crash loop with a rollback: delay %v (want 0), looping %v, rolled back %v", d, pp.slots[0].Looping, pp.spec.rolledBack())
 		}
 		synctest.Wait()
 	})
@@ -351,7 +355,7 @@ func TestProcPoolCrashLoopRollsBack(t *testing.T) {
 func TestProcPoolReadyCounting(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		pp, _ := testProcPool(t, 2)
-		a, b, r := testProc(stateStarting), testProc(stateStarting), testProc(stateStarting)
+		a, b, r := testProc(supervise.Starting), testProc(supervise.Starting), testProc(supervise.Starting)
 		for i, p := range []*workerProc{a, b, r} {
 			p.readyC, p.id = make(chan struct{}), min(i, 1)
 		}
@@ -359,35 +363,35 @@ func TestProcPoolReadyCounting(t *testing.T) {
 		pp.slots[0].cur, pp.slots[0].next, pp.slots[1].cur = a, r, b
 		isReady := func() bool {
 			select {
-			case <-pp.readyC:
+			case <-pp.ready():
 				return true
 			default:
 				return false
 			}
 		}
 		pp.setReady(r)
-		if pp.nready != 0 || r.state != stateReady {
-			t.Fatalf("a replacement's ready: %d ready (want 0), its state %q", pp.nready, r.state)
+		if pp.nready.N() != 0 || r.state != supervise.Ready {
+			t.Fatalf("a replacement's ready: %d ready (want 0), its state %q", pp.nready.N(), r.state)
 		}
 		pp.setReady(a)
 		pp.setReady(a)
-		if pp.nready != 1 || isReady() {
-			t.Fatalf("slot 0 ready twice: %d ready, pool ready %v; want 1, false", pp.nready, isReady())
+		if pp.nready.N() != 1 || isReady() {
+			t.Fatalf("slot 0 ready twice: %d ready, pool ready %v; want 1, false", pp.nready.N(), isReady())
 		}
 		// Slot 0's process replaced after a death: its ready counts no more.
-		a2 := testProc(stateStarting)
+		a2 := testProc(supervise.Starting)
 		a2.readyC = make(chan struct{})
 		pp.slots[0].cur = a2
 		pp.setReady(a2)
-		if pp.nready != 1 || isReady() {
-			t.Fatalf("slot 0's second process ready: %d ready, want 1", pp.nready)
+		if pp.nready.N() != 1 || isReady() {
+			t.Fatalf("slot 0's second process ready: %d ready, want 1", pp.nready.N())
 		}
-		d := testProc(stateDraining)
+		d := testProc(supervise.Draining)
 		d.readyC, d.id = make(chan struct{}), 1
 		pp.slots[1].cur = d
 		pp.setReady(d)
-		if d.state != stateDraining || pp.nready != 1 {
-			t.Fatalf("a draining process taken for ready: state %q, %d ready", d.state, pp.nready)
+		if d.state != supervise.Draining || pp.nready.N() != 1 {
+			t.Fatalf("a draining process taken for ready: state %q, %d ready", d.state, pp.nready.N())
 		}
 		select {
 		case <-d.readyC:
@@ -396,8 +400,8 @@ func TestProcPoolReadyCounting(t *testing.T) {
 		}
 		pp.slots[1].cur = b
 		pp.setReady(b)
-		if pp.nready != 2 || !isReady() || !pp.readyAt.Equal(time.Now()) {
-			t.Fatalf("every slot ready: %d ready, pool ready %v, readyAt %v", pp.nready, isReady(), pp.readyAt)
+		if pp.nready.N() != 2 || !isReady() || !pp.nready.At.Equal(time.Now()) {
+			t.Fatalf("every slot ready: %d ready, pool ready %v, readyAt %v", pp.nready.N(), isReady(), pp.nready.At)
 		}
 	})
 }
@@ -407,7 +411,7 @@ func TestProcPoolReadyCounting(t *testing.T) {
 func TestProcPoolKept(t *testing.T) {
 	pp, _ := testProcPool(t, 4)
 	pp.slots[1].keep, pp.slots[2].keep, pp.slots[3].keep = 0, 1, 2
-	pp.slots[2].cur = testProc(stateReady)
+	pp.slots[2].cur = testProc(supervise.Ready)
 	got := pp.keptLocked()
 	if len(got) != 2 || got[0] != 0 || got[1] != 2 {
 		t.Errorf("kept %v, want [0 2]", got)
@@ -422,18 +426,18 @@ func TestProcPoolStatus(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		pp, _ := testProcPool(t, 3)
 		now := time.Now()
-		cur := testProc(stateReady)
+		cur := testProc(supervise.Ready)
 		cur.pid, cur.started = 11, now.Add(-StableAfter+1)
-		pp.slots[0].cur, pp.slots[0].looping, pp.slots[0].restarts, pp.slots[0].lastErr = cur, true, 4, "exit status 3"
-		next := testProc(stateStarting)
+		pp.slots[0].cur, pp.slots[0].Looping, pp.slots[0].Restarts, pp.slots[0].LastErr = cur, true, 4, "exit status 3"
+		next := testProc(supervise.Starting)
 		next.pid, next.started = 12, now.Add(-time.Second)
 		pp.slots[0].next = next
-		pp.slots[1].restarts, pp.slots[1].lastErr = 2, "exit status 1"
+		pp.slots[1].Restarts, pp.slots[1].LastErr = 2, "exit status 1"
 		pp.slots[1].respawnAt = now.Add(1500 * time.Millisecond)
 		pp.slots[1].respawn = time.AfterFunc(time.Hour, func() {})
 		defer pp.slots[1].respawn.Stop()
-		pp.slots[2].looping, pp.slots[2].lastErr = true, "exit status 2"
-		old := testProc(stateDraining)
+		pp.slots[2].Looping, pp.slots[2].LastErr = true, "exit status 2"
+		old := testProc(supervise.Draining)
 		old.id, old.pid, old.started = 1, 13, now.Add(-time.Minute)
 		pp.procs = map[*workerProc]struct{}{cur: {}, next: {}, old: {}}
 
@@ -444,34 +448,34 @@ func TestProcPoolStatus(t *testing.T) {
 		if st[0].PID != 11 || st[0].State != "crash-loop/ready" || st[0].Restarts != 4 || st[0].Uptime != StableAfter || st[0].LastErr != "exit status 3" {
 			t.Errorf("slot 0 in a crash loop, up StableAfter - 1ns: %+v", st[0])
 		}
-		if st[1].ID != 0 || st[1].PID != 12 || st[1].State != stateStarting || st[1].Uptime != time.Second {
+		if st[1].ID != 0 || st[1].PID != 12 || st[1].State != string(supervise.Starting) || st[1].Uptime != time.Second {
 			t.Errorf("slot 0's replacement: %+v", st[1])
 		}
-		if st[2].ID != 1 || st[2].PID != 0 || st[2].State != stateBackoff || st[2].Restarts != 2 || st[2].LastErr != "next start in 1.5s: exit status 1" {
+		if st[2].ID != 1 || st[2].PID != 0 || st[2].State != string(supervise.Backoff) || st[2].Restarts != 2 || st[2].LastErr != "next start in 1.5s: exit status 1" {
 			t.Errorf("slot 1 waiting for its restart: %+v", st[2])
 		}
-		if st[3].ID != 2 || st[3].State != stateCrashLoop || st[3].LastErr != "exit status 2" {
+		if st[3].ID != 2 || st[3].State != string(supervise.CrashLoop) || st[3].LastErr != "exit status 2" {
 			t.Errorf("slot 2 in a crash loop, no restart scheduled: %+v", st[3])
 		}
-		if st[4].ID != 1 || st[4].PID != 13 || st[4].State != stateDraining || st[4].Uptime != time.Minute {
+		if st[4].ID != 1 || st[4].PID != 13 || st[4].State != string(supervise.Draining) || st[4].Uptime != time.Minute {
 			t.Errorf("a process still draining: %+v", st[4])
 		}
 
 		// A starting process up long enough leaves the crash loop shown.
-		cur.state = stateStarting
+		cur.state = supervise.Starting
 		cur.started = now.Add(-time.Hour)
 		if st := pp.status(); st[0].State != "crash-loop/starting" {
 			t.Errorf("a starting process in a crash loop: state %q", st[0].State)
 		}
-		cur.state = stateReady
+		cur.state = supervise.Ready
 		cur.started = now.Add(-StableAfter)
-		if st := pp.status(); st[0].State != stateReady || pp.slots[0].looping {
-			t.Errorf("ready and up StableAfter: state %q, looping %v; want the crash loop over", st[0].State, pp.slots[0].looping)
+		if st := pp.status(); st[0].State != string(supervise.Ready) || pp.slots[0].Looping {
+			t.Errorf("ready and up StableAfter: state %q, looping %v; want the crash loop over", st[0].State, pp.slots[0].Looping)
 		}
-		pp.slots[0].looping = true
+		pp.slots[0].Looping = true
 		pp.slots[0].cur = nil
 		pp.slots[0].next = nil
-		if st := pp.status(); st[0].State != stateCrashLoop {
+		if st := pp.status(); st[0].State != string(supervise.CrashLoop) {
 			t.Errorf("no process in a crash loop: state %q", st[0].State)
 		}
 	})

@@ -2,6 +2,7 @@ package upgrader
 
 import (
 	"fmt"
+	"github.com/gohandoff/handoff/internal/handover"
 	"net"
 	"os"
 	"os/exec"
@@ -34,7 +35,7 @@ const listenPIDWrapper = `LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"`
 // not see: tableflip's parent marker, systemd's socket activation and
 // notification variables meant for the master, and the worker marker.
 var masterOnlyEnv = []string{
-	tableflipParentEnv, workerEnv, connsEnv, steerHeldEnv,
+	handover.ParentEnv, workerEnv, connsEnv, steerHeldEnv,
 	"LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID",
 	"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
 }

@@ -1,6 +1,7 @@
 package upgrader
 
 import (
+	"github.com/gohandoff/handoff/internal/handover"
 	"os"
 	"slices"
 	"strings"
@@ -63,7 +64,7 @@ func TestWorkersPIDFile(t *testing.T) {
 // TestWorkerEnv: a worker sees the socket-activation and notify variables
 // the master sets for it, never the master's own.
 func TestWorkerEnv(t *testing.T) {
-	t.Setenv(tableflipParentEnv, "1")
+	t.Setenv(handover.ParentEnv, "1")
 	t.Setenv("NOTIFY_SOCKET", "/run/systemd/notify")
 	t.Setenv("LISTEN_FDS", "1")
 	t.Setenv("LISTEN_PID", "1")
@@ -93,7 +94,7 @@ func TestWorkerEnv(t *testing.T) {
 				t.Errorf("self=%v: %s=%q, want %q", self, k, env[k], v)
 			}
 		}
-		for _, k := range []string{tableflipParentEnv, "LISTEN_PID", "WATCHDOG_USEC"} {
+		for _, k := range []string{handover.ParentEnv, "LISTEN_PID", "WATCHDOG_USEC"} {
 			if _, ok := env[k]; ok {
 				t.Errorf("self=%v: master-only %s reaches the worker", self, k)
 			}

@@ -40,19 +40,18 @@ func previousImage(pid int) (*os.File, error) {
 // replaces the workers still running this build.
 func (pp *procPool) rollbackLocked(id int) bool {
 	sp := pp.spec
-	if sp.prev == nil || sp.rolledBack() || pp.readyAt.IsZero() || time.Since(pp.readyAt) > RollbackWindow || pp.isDraining() {
+	if sp.prev == nil || sp.rolledBack() || pp.nready.At.IsZero() || time.Since(pp.nready.At) > RollbackWindow || pp.isDraining() {
 		return false
 	}
 	img := imagePath(sp.prev)
 	sp.rolled.Store(&img)
 	pp.rollback = fmt.Sprintf("workers rolled back to the previous build at %s: worker %d in a crash loop %s after this generation was ready: %s",
-		time.Now().Format(time.TimeOnly), id, time.Since(pp.readyAt).Round(time.Millisecond), pp.slots[id].lastErr)
+		time.Now().Format(time.TimeOnly), id, time.Since(pp.nready.At).Round(time.Millisecond), pp.slots[id].LastErr)
 	for i := range pp.slots {
-		s := &pp.slots[i]
-		s.restart, s.looping = restartPolicy{}, false
+		pp.slots[i].Forget()
 	}
 	pp.log.Error("WORKERS ROLLED BACK to the previous build: this build's workers crash-loop", "worker", id,
-		"deaths", CrashLoopDeaths, "after_ready", time.Since(pp.readyAt).Round(time.Millisecond), "err", pp.slots[id].lastErr)
+		"deaths", CrashLoopDeaths, "after_ready", time.Since(pp.nready.At).Round(time.Millisecond), "err", pp.slots[id].LastErr)
 	if pp.onRollback != nil {
 		go pp.onRollback()
 	}

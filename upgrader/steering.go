@@ -15,6 +15,7 @@ import (
 
 	"github.com/gohandoff/handoff/internal/proc"
 	"github.com/gohandoff/handoff/internal/steer"
+	"github.com/gohandoff/handoff/internal/supervise"
 )
 
 // Kernel steering (Options.KernelSteering): each worker process gets
@@ -228,7 +229,7 @@ func (st *steering) releaseLocked(p *workerProc) {
 		return
 	}
 	st.owner[p.set] = nil
-	if q := st.queued(p.set); q > 0 && p.state == stateDraining {
+	if q := st.queued(p.set); q > 0 && p.state == supervise.Draining {
 		st.log.Warn("connections left in a retired worker's socket: they wait for the next worker on it", "worker", p.id, "worker_pid", p.pid, "socket", p.set, "queued", q)
 	}
 }
@@ -258,9 +259,9 @@ func (st *steering) steerLocked(procs map[*workerProc]struct{}, kept []int) {
 			continue
 		}
 		switch p.state {
-		case stateReady:
+		case supervise.Ready:
 			ready = append(ready, p.set)
-		case stateStarting:
+		case supervise.Starting:
 			starting = append(starting, p.set)
 		}
 	}

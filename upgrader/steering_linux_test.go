@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gohandoff/handoff/internal/steer"
+	"github.com/gohandoff/handoff/internal/supervise"
 )
 
 // newTestSteering is the steering of one listener on 127.0.0.1:0 made
@@ -42,7 +43,7 @@ func newTestSteering(t *testing.T) (*steering, []string) {
 	return st, passed
 }
 
-func testProc(state string) *workerProc {
+func testProc(state supervise.State) *workerProc {
 	return &workerProc{state: state, set: -1, exited: make(chan struct{})}
 }
 
@@ -75,7 +76,7 @@ func itoa(i int) string { return (&net.TCPAddr{Port: i}).String()[1:] }
 
 func TestSteeringSendsOnlyToReadyWorkers(t *testing.T) {
 	st, _ := newTestSteering(t)
-	a, b := testProc(stateStarting), testProc(stateStarting)
+	a, b := testProc(supervise.Starting), testProc(supervise.Starting)
 	procs := map[*workerProc]struct{}{a: {}, b: {}}
 	for _, p := range []*workerProc{a, b} {
 		if _, err := st.acquireLocked(p, -1, nil); err != nil {
@@ -85,14 +86,14 @@ func TestSteeringSendsOnlyToReadyWorkers(t *testing.T) {
 	if a.set != 0 || b.set != 1 {
 		t.Fatalf("sets %d and %d, want 0 and 1", a.set, b.set)
 	}
-	a.state = stateReady
+	a.state = supervise.Ready
 	st.steerLocked(procs, nil)
 	for range 5 {
 		if got := queuedOn(t, st); got != 0 {
 			t.Fatalf("with worker b starting, a connection went to socket %d, want a's 0", got)
 		}
 	}
-	a.state, b.state = stateDraining, stateReady
+	a.state, b.state = supervise.Draining, supervise.Ready
 	st.steerLocked(procs, nil)
 	for range 5 {
 		if got := queuedOn(t, st); got != 1 {
@@ -101,8 +102,8 @@ func TestSteeringSendsOnlyToReadyWorkers(t *testing.T) {
 	}
 	// A generation that handed over leaves the program alone.
 	st.live = false
-	b.state = stateDraining
-	a.state = stateReady
+	b.state = supervise.Draining
+	a.state = supervise.Ready
 	st.steerLocked(procs, nil)
 	if got := queuedOn(t, st); got != 1 {
 		t.Fatalf("after the hand-over, a connection went to socket %d, want the new generation's 1", got)
@@ -111,18 +112,18 @@ func TestSteeringSendsOnlyToReadyWorkers(t *testing.T) {
 
 func TestSteeringReusesFreeSets(t *testing.T) {
 	st, _ := newTestSteering(t)
-	a, b := testProc(stateReady), testProc(stateReady)
+	a, b := testProc(supervise.Ready), testProc(supervise.Ready)
 	st.acquireLocked(a, -1, nil)
 	st.acquireLocked(b, -1, nil)
 	// a crashed: its set is kept for its slot's respawn.
 	st.releaseLocked(a)
 	kept := []int{a.set}
-	c := testProc(stateStarting)
+	c := testProc(supervise.Starting)
 	st.acquireLocked(c, -1, kept)
 	if c.set != 2 {
 		t.Errorf("a roll's replacement got set %d, want a new one, 2 (0 is kept, 1 in use)", c.set)
 	}
-	r := testProc(stateStarting)
+	r := testProc(supervise.Starting)
 	st.acquireLocked(r, 0, kept)
 	if r.set != 0 {
 		t.Errorf("the respawn got set %d, want its slot's kept 0", r.set)
@@ -132,7 +133,7 @@ func TestSteeringReusesFreeSets(t *testing.T) {
 	}
 	st.releaseLocked(b)
 	st.prev[1] = os.Getppid() // as if the previous generation's workers held it
-	d := testProc(stateStarting)
+	d := testProc(supervise.Starting)
 	st.acquireLocked(d, -1, nil)
 	if d.set != 3 {
 		t.Errorf("got set %d, want a new one, 3: set 1 is the previous generation's", d.set)

@@ -3,6 +3,7 @@ package upgrader
 import (
 	"context"
 	"errors"
+	"github.com/gohandoff/handoff/internal/supervise"
 	"log/slog"
 	"net"
 	"slices"
@@ -39,7 +40,7 @@ func TestPoolWorkerIDs(t *testing.T) {
 			p := newPool(tc.n, fn, []net.Listener{newFakeListener()}, nil, discardLogger(), nil)
 			p.procID = tc.procID
 			p.start()
-			<-p.readyC
+			<-p.ready()
 			p.drain(context.Background())
 			slices.Sort(ids)
 			if !slices.Equal(ids, tc.want) {
@@ -68,7 +69,7 @@ func TestPoolLogsNameTheWorker(t *testing.T) {
 			p := newPool(1, fn, []net.Listener{newFakeListener()}, nil, slog.New(slog.NewTextHandler(&logs, nil)), nil)
 			p.procID = tc.procID
 			p.start()
-			<-p.readyC
+			<-p.ready()
 			p.drain(context.Background())
 			if got := strings.Contains(logs.String(), "worker=0"); got != tc.want {
 				t.Errorf("procID %d: log names the worker %v, want %v:\n%s", tc.procID, got, tc.want, logs.String())
@@ -100,7 +101,7 @@ func TestPoolRecordsWhyAWorkerFailed(t *testing.T) {
 				}
 				p := newPool(1, fn, []net.Listener{newFakeListener()}, nil, discardLogger(), nil)
 				p.start()
-				<-p.readyC
+				<-p.ready()
 				st := p.status()[0]
 				p.drain(context.Background())
 				if !strings.HasPrefix(st.LastErr, tc.want) || st.Restarts != 1 {
@@ -139,7 +140,7 @@ func TestPoolBackoffResetsAfterStableRun(t *testing.T) {
 			}
 			p := newPool(1, fn, []net.Listener{newFakeListener()}, nil, discardLogger(), nil)
 			p.start()
-			<-p.readyC
+			<-p.ready()
 			p.drain(context.Background())
 			if got := restartedAt.Sub(failedAt); got != tc.want {
 				t.Errorf("up %s, then failed: restarted after %s, want %s", tc.up, got, tc.want)
@@ -161,7 +162,7 @@ func TestPoolStatusDuringDrain(t *testing.T) {
 		}
 		p := newPool(1, fn, nil, nil, discardLogger(), nil)
 		p.start()
-		<-p.readyC
+		<-p.ready()
 		time.Sleep(3 * time.Second)
 		if st := p.status()[0]; st.State != "ready" || st.Uptime != 3*time.Second {
 			t.Errorf("status %+v, want ready, up 3s", st)
@@ -183,7 +184,7 @@ func TestPoolStatusDuringDrain(t *testing.T) {
 }
 
 // TestPoolCrashLoop: goroutine workers share the crash-loop rule of worker
-// processes (restartPolicy): a slot whose worker died CrashLoopDeaths times
+// processes (internal/supervise): a slot whose worker died CrashLoopDeaths times
 // within CrashLoopWindow shows crash-loop, not backoff.
 func TestPoolCrashLoop(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -194,42 +195,16 @@ func TestPoolCrashLoop(t *testing.T) {
 		// after 100, 200 and 400 ms.
 		time.Sleep(500 * time.Millisecond)
 		synctest.Wait()
-		if st := p.status()[0].State; st != stateBackoff {
-			t.Errorf("after 4 deaths the slot is %q, want %q", st, stateBackoff)
+		if st := p.status()[0].State; st != string(supervise.Backoff) {
+			t.Errorf("after 4 deaths the slot is %q, want %q", st, supervise.Backoff)
 		}
 		time.Sleep(300 * time.Millisecond)
 		synctest.Wait()
-		if st := p.status()[0].State; st != stateCrashLoop {
-			t.Errorf("after %d deaths within %s the slot is %q, want %q", CrashLoopDeaths, CrashLoopWindow, st, stateCrashLoop)
+		if st := p.status()[0].State; st != string(supervise.CrashLoop) {
+			t.Errorf("after %d deaths within %s the slot is %q, want %q", CrashLoopDeaths, CrashLoopWindow, st, supervise.CrashLoop)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		p.drain(ctx)
 	})
-}
-
-// TestRestartPolicy: at once after the first death and after a stable run,
-// doubling from MinRestartBackoff to MaxRestartBackoff otherwise; a crash
-// loop at CrashLoopDeaths deaths within CrashLoopWindow, forgetting older
-// ones.
-func TestRestartPolicy(t *testing.T) {
-	var r restartPolicy
-	now := time.Unix(1000, 0)
-	var delays []time.Duration
-	for i := range 9 {
-		d, loop := r.died(now, now)
-		if loop != (i+1 >= CrashLoopDeaths) {
-			t.Errorf("death %d: crash loop %v", i+1, loop)
-		}
-		delays = append(delays, d)
-	}
-	want := []time.Duration{0, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond,
-		1600 * time.Millisecond, 3200 * time.Millisecond, 6400 * time.Millisecond, MaxRestartBackoff}
-	if !slices.Equal(delays, want) {
-		t.Errorf("delays %v, want %v", delays, want)
-	}
-	later := now.Add(CrashLoopWindow + time.Nanosecond)
-	if d, loop := r.died(later.Add(-StableAfter), later); d != 0 || loop {
-		t.Errorf("after a stable run, past the window: delay %s, crash loop %v; want at once, no loop", d, loop)
-	}
 }

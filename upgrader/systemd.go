@@ -14,6 +14,7 @@ import (
 	"github.com/cloudflare/tableflip"
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/gohandoff/handoff/internal/handover"
 )
 
 // SystemdPrefix in an address passed to Listen or ListenPacket names a
@@ -62,7 +63,7 @@ type systemd struct {
 // the first generation of a service adopts LISTEN_FDS (and removes the
 // LISTEN_* variables, so no process started later sees them); a later
 // generation inherits every socket from its parent through tableflip.
-func newSystemd(tf handover, hasParent bool) (*systemd, error) {
+func newSystemd(tf handover.Handover, hasParent bool) (*systemd, error) {
 	sd := &systemd{notify: os.Getenv("NOTIFY_SOCKET") != ""}
 	sd.alien = hasParent && os.Getenv("INVOCATION_ID") != ""
 	if !hasParent {

@@ -3,6 +3,7 @@ package upgrader
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gohandoff/handoff/internal/handover"
 	"github.com/gohandoff/handoff/internal/proc"
 	"golang.org/x/sys/unix"
 )
@@ -165,13 +167,11 @@ func hasMark(pid int, value string) bool {
 // returns once it has sent SIGKILL to a new generation that timed out:
 // its exit comes first, so that its children are its no more.
 func (u *Upgrader) killTree(m treeMark, err error) {
-	if sm := childRe().FindStringSubmatch(err.Error()); sm != nil {
-		if pid, _ := strconv.Atoi(sm[1]); pid > 0 {
-			syscall.Kill(pid, syscall.SIGKILL)
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			proc.WaitGone(ctx, pid)
-			cancel()
-		}
+	if child := (*handover.ChildError)(nil); errors.As(err, &child) && child.PID > 0 {
+		syscall.Kill(child.PID, syscall.SIGKILL)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		proc.WaitGone(ctx, child.PID)
+		cancel()
 	}
 	inodes := u.socketInodes()
 	self := os.Getpid()

@@ -4,10 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/gohandoff/handoff/internal/handover"
 	"os"
-	"regexp"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -138,7 +137,7 @@ func (u *Upgrader) handOver(start time.Time) (out handoverOutcome, err error) {
 	u.publishWorkers(false)
 	relay := u.captureStderr()
 	mark, unmark := markTree()
-	err = u.tfUpgrade()
+	err = u.tf.Upgrade()
 	unmark()
 	if err != nil {
 		u.killTree(mark, err)
@@ -210,21 +209,6 @@ func (u *Upgrader) upgraded(res UpgradeResult, out handoverOutcome, progress fun
 		}
 	}
 	return res
-}
-
-// tfUpgrade runs tableflip's upgrade. Our link channel closes when
-// tableflip's WaitForParent returns, which can be a moment before
-// tableflip's own loop has seen the parent link end and refuses with
-// "parent hasn't exited": that refusal is retried for up to a second.
-func (u *Upgrader) tfUpgrade() error {
-	deadline := time.Now().Add(time.Second)
-	for {
-		err := u.tf.Upgrade()
-		if err == nil || err.Error() != "parent hasn't exited" || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // startUpgradePhase moves a ready generation to phaseUpgrading, under
@@ -311,49 +295,43 @@ func (u *Upgrader) reclaimPIDFile() {
 	u.log.Warn("pid file rewritten with the serving generation's pid", "path", u.opts.PIDFile)
 }
 
-// childRe matches tableflip's errors about the new process; compiled
-// on first use, not at every start.
-var childRe = sync.OnceValue(func() *regexp.Regexp {
-	return regexp.MustCompile(`^(?:new )?child pid=(\d+) (exited|timed out)(?:: (.*))?$`)
-})
-
-// explain turns tableflip's errors into an operator's message: a one-line
-// *UpgradeError when the new generation failed, with its last lines of
-// stderr, and the result label of handoff_upgrades_total; or one of the
-// sentinel errors and no label.
+// explain turns the handover's errors into an operator's message: a
+// one-line *UpgradeError when the new generation failed, with its last
+// lines of stderr, and the result label of handoff_upgrades_total; or one
+// of the sentinel errors and no label.
 func (u *Upgrader) explain(err error, took time.Duration, tail []string) (result string, _ error) {
-	msg := err.Error()
-	switch msg {
-	case "terminating":
-		return "", ErrStopping
-	case "upgrade in progress":
-		return "", ErrUpgradeInProgress
-	case "already upgraded":
-		return "", ErrUpgraded
-	case "process is not ready yet":
-		return "", ErrNotReady
+	for from, to := range map[error]error{
+		handover.ErrStopping:   ErrStopping,
+		handover.ErrInProgress: ErrUpgradeInProgress,
+		handover.ErrUpgraded:   ErrUpgraded,
+		handover.ErrNotReady:   ErrNotReady,
+	} {
+		if errors.Is(err, from) {
+			return "", to
+		}
 	}
 	took = took.Round(time.Millisecond)
 	var why error
 	result = resultError
-	if m := childRe().FindStringSubmatch(msg); m != nil {
-		pid, status := m[1], m[3]
+	var child *handover.ChildError
+	var start *handover.StartError
+	switch {
+	case errors.As(err, &child):
 		result = resultExited
-		switch {
-		case m[2] == "timed out":
+		switch status := child.Status; {
+		case child.TimedOut:
 			result = resultTimeout
-			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s timed out: not ready within the upgrade timeout of %s, killed", pid, u.opts.UpgradeTimeout)
+			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %d timed out: not ready within the upgrade timeout of %s, killed", child.PID, u.opts.UpgradeTimeout)
 		case status == "":
-			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s exited with exit status 0 before it was ready, after %s", pid, took)
+			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %d exited with exit status 0 before it was ready, after %s", child.PID, took)
 		case strings.HasPrefix(status, "signal: "):
-			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s was killed by %s before it was ready, after %s", pid, status, took)
+			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %d was killed by %s before it was ready, after %s", child.PID, status, took)
 		default:
-			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %s exited with %s before it was ready, after %s", pid, status, took)
+			why = fmt.Errorf("upgrader: upgrade failed: new generation pid %d exited with %s before it was ready, after %s", child.PID, status, took)
 		}
-	} else if cause, ok := strings.CutPrefix(msg, "can't start child: can't start process "+os.Args[0]+": "); ok {
-		cause = strings.TrimPrefix(cause, fmt.Sprintf("exec: %q: ", os.Args[0]))
-		why = fmt.Errorf("upgrader: upgrade failed: cannot start the new generation from %s: %s%s", os.Args[0], cause, execHint(cause))
-	} else {
+	case errors.As(err, &start):
+		why = fmt.Errorf("upgrader: upgrade failed: cannot start the new generation from %s: %s%s", start.Path, start.Cause, execHint(start.Cause))
+	default:
 		why = fmt.Errorf("upgrader: upgrade failed: %w", err)
 	}
 	return result, &UpgradeError{Err: why, Stderr: tail}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cloudflare/tableflip"
+	"github.com/gohandoff/handoff/internal/handover"
 	"github.com/gohandoff/handoff/internal/proc"
 )
 
@@ -20,11 +21,6 @@ const (
 	DefaultUpgradeTimeout = 60 * time.Second
 	DefaultDrainTimeout   = 30 * time.Second
 )
-
-// tableflipParentEnv is tableflip's marker of a process started by an
-// upgrade. It is read once by New and removed, so that nothing the
-// application spawns inherits it.
-const tableflipParentEnv = "TABLEFLIP_HAS_PARENT_7DIU3"
 
 // Errors callers branch on.
 var (
@@ -52,7 +48,7 @@ var (
 type Upgrader struct {
 	opts    Options
 	log     *slog.Logger
-	tf      handover
+	tf      handover.Handover
 	sd      *systemd
 	state   *stateFile
 	gen     int
@@ -129,7 +125,7 @@ type Upgrader struct {
 // New starts a generation. In the first process of a service it checks
 // that no other instance runs with the same PID file; in a process started
 // by an upgrade it takes the listeners over from its parent.
-func New(opts Options) (*Upgrader, error) { return newUpgrader(opts, tableflipHandover) }
+func New(opts Options) (*Upgrader, error) { return newUpgrader(opts, handover.New) }
 
 func newUpgrader(opts Options, startHandover newHandover) (*Upgrader, error) {
 	opts.fillDefaults()
@@ -144,7 +140,7 @@ func newUpgrader(opts Options, startHandover newHandover) (*Upgrader, error) {
 	if err != nil {
 		return nil, err
 	}
-	hasParent := os.Getenv(tableflipParentEnv) != ""
+	hasParent := handover.HasParentEnv()
 	if err := checkPaths(opts); err != nil {
 		return nil, err
 	}
@@ -165,7 +161,7 @@ func newUpgrader(opts Options, startHandover newHandover) (*Upgrader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upgrader: %w", err)
 	}
-	os.Unsetenv(tableflipParentEnv)
+	os.Unsetenv(handover.ParentEnv) // nothing the application starts inherits it
 	os.Unsetenv(treeEnv)
 
 	u := &Upgrader{

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/gohandoff/handoff/control"
+	"github.com/gohandoff/handoff/internal/supervise"
 	"github.com/oklog/run"
 )
 
@@ -29,18 +30,8 @@ const (
 // within CrashLoopWindow is reported as a crash loop in the logs and in the
 // status until a worker of the slot has stayed up for StableAfter.
 const (
-	CrashLoopDeaths = 5
-	CrashLoopWindow = 10 * time.Second
-)
-
-// Worker process states in the status.
-const (
-	stateStarting  = "starting"
-	stateReady     = "ready"
-	stateDraining  = "draining"
-	stateBackoff   = "backoff"
-	stateCrashLoop = "crash-loop"
-	stateStopped   = "stopped" // a goroutine worker that returned nil
+	CrashLoopDeaths = supervise.CrashLoopDeaths
+	CrashLoopWindow = supervise.CrashLoopWindow
 )
 
 // workerCutGrace is how long after the drain timeout a worker process has
