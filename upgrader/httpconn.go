@@ -99,27 +99,10 @@ func (c *trackedConn) waiting() {
 
 func (c *trackedConn) Read(b []byte) (int, error) {
 	first := c.plain && c.firstRead.CompareAndSwap(true, false)
-	c.mu.Lock()
-	if c.moved {
-		c.mu.Unlock()
+	passable, bg, moved := c.beginRead(len(b), first)
+	if moved {
 		return 0, io.EOF
 	}
-	// What net/http holds of the next request: nothing if it asks for its
-	// whole buffer; the background read's byte if it asks for all but
-	// one and that read got one (a request has begun, and may go over
-	// with that byte); else bytes read ahead, which stay here.
-	bg := first && len(b) == netHTTPReadBuf-1 && c.bgHeld
-	c.passHeld = nil
-	if bg {
-		c.passHeld = []byte{c.bgByte}
-	}
-	if first && len(b) < netHTTPReadBuf && len(b) >= netHTTPReadBuf-3 {
-		c.started.Store(true)
-	}
-	c.inRead, c.readFull = true, first && (len(b) == netHTTPReadBuf || bg)
-	c.bgHeld = false
-	passable := c.readFull && c.pass != nil
-	c.mu.Unlock()
 	for {
 		// At a request boundary with nothing read ahead, the goroutine
 		// serving the connection hands it over itself, before it reads:
@@ -135,30 +118,64 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 		if n > 0 {
 			c.started.Store(true)
 		}
-		c.mu.Lock()
-		if len(b) == 1 && n == 1 {
-			c.bgByte, c.bgGot = b[0], true // net/http's background read
+		if c.endRead(b, n, err) {
+			return n, err
 		}
-		if n > 0 && c.awaitFirst {
-			c.awaitFirst = false
-			if c.headerFor > 0 {
-				c.deadline = time.Now().Add(c.headerFor)
-				c.Conn.SetReadDeadline(c.deadline)
-			}
-		}
-		if c.interrupted {
-			// Brought back by interrupt: net/http's own deadline again.
-			c.interrupted = false
-			c.Conn.SetReadDeadline(c.deadline)
-			if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
-				c.mu.Unlock()
-				continue // nothing read: hand over, or read on
-			}
-		}
-		c.inRead, c.readFull = false, false
-		c.mu.Unlock()
-		return n, err
 	}
+}
+
+// beginRead notes a read of size bytes, the first after a request if
+// first, and reports whether the connection may be handed over before it
+// (passable), whether it would go with the background read's byte (bg),
+// and whether it went over already (moved).
+func (c *trackedConn) beginRead(size int, first bool) (passable, bg, moved bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.moved {
+		return false, false, true
+	}
+	// What net/http holds of the next request: nothing if it asks for its
+	// whole buffer; the background read's byte if it asks for all but
+	// one and that read got one (a request has begun, and may go over
+	// with that byte); else bytes read ahead, which stay here.
+	bg = first && size == netHTTPReadBuf-1 && c.bgHeld
+	c.passHeld = nil
+	if bg {
+		c.passHeld = []byte{c.bgByte}
+	}
+	if first && size < netHTTPReadBuf && size >= netHTTPReadBuf-3 {
+		c.started.Store(true)
+	}
+	c.inRead, c.readFull = true, first && (size == netHTTPReadBuf || bg)
+	c.bgHeld = false
+	return c.readFull && c.pass != nil, bg, false
+}
+
+// endRead notes what a read into b returned; false if it was brought back
+// by interrupt with nothing read: then the caller hands over, or reads on.
+func (c *trackedConn) endRead(b []byte, n int, err error) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(b) == 1 && n == 1 {
+		c.bgByte, c.bgGot = b[0], true // net/http's background read
+	}
+	if n > 0 && c.awaitFirst {
+		c.awaitFirst = false
+		if c.headerFor > 0 {
+			c.deadline = time.Now().Add(c.headerFor)
+			c.Conn.SetReadDeadline(c.deadline)
+		}
+	}
+	if c.interrupted {
+		// Brought back by interrupt: net/http's own deadline again.
+		c.interrupted = false
+		c.Conn.SetReadDeadline(c.deadline)
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			return false
+		}
+	}
+	c.inRead, c.readFull = false, false
+	return true
 }
 
 // interrupt brings back a first read that waits for the next request, so

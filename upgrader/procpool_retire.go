@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/gohandoff/handoff/internal/supervise"
 	"syscall"
 	"time"
+
+	"github.com/gohandoff/handoff/internal/supervise"
 )
 
 // roll replaces every worker in turn: it starts the replacement, waits

@@ -3,10 +3,11 @@ package upgrader
 import (
 	"errors"
 	"fmt"
-	"github.com/gohandoff/handoff/internal/supervise"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/gohandoff/handoff/internal/supervise"
 )
 
 // spawn starts a process for slot id, as its current process or, for a
@@ -35,26 +36,9 @@ func (pp *procPool) spawn(id int, replacement bool) (*workerProc, error) {
 		w.Close()
 		return nil, errPoolDraining
 	}
-	if pp.steer != nil {
-		keep := -1
-		if !replacement {
-			keep = pp.slots[id].keep
-		}
-		files, err := pp.steer.acquireLocked(p, keep, pp.keptLocked())
-		if err != nil {
-			p.notify.close()
-			w.Close()
-			return nil, fmt.Errorf("upgrader: start worker %d: %w", id, err)
-		}
-		p.cmd.ExtraFiles = files
-	}
-	markCloseOnExec()
-	if err := startCmd(p.cmd); err != nil {
+	if err := pp.startLocked(p, replacement); err != nil {
 		p.notify.close()
 		w.Close()
-		if pp.steer != nil {
-			pp.steer.releaseLocked(p)
-		}
 		return nil, fmt.Errorf("upgrader: start worker %d: %w", id, err)
 	}
 	if !replacement {
@@ -77,6 +61,30 @@ func (pp *procPool) spawn(id int, replacement bool) (*workerProc, error) {
 	go pp.wait(p)
 	go pp.watchReady(p)
 	return p, nil
+}
+
+// startLocked starts p's process, with kernel steering on the socket set
+// its slot keeps (a replacement takes a fresh one).
+func (pp *procPool) startLocked(p *workerProc, replacement bool) error {
+	if pp.steer != nil {
+		keep := -1
+		if !replacement {
+			keep = pp.slots[p.id].keep
+		}
+		files, err := pp.steer.acquireLocked(p, keep, pp.keptLocked())
+		if err != nil {
+			return err
+		}
+		p.cmd.ExtraFiles = files
+	}
+	markCloseOnExec()
+	if err := startCmd(p.cmd); err != nil {
+		if pp.steer != nil {
+			pp.steer.releaseLocked(p)
+		}
+		return err
+	}
+	return nil
 }
 
 // watchReady marks p ready when it says so (or after the ready delay) and

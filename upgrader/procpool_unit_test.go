@@ -4,7 +4,6 @@ package upgrader
 
 import (
 	"errors"
-	"github.com/gohandoff/handoff/internal/supervise"
 	"log/slog"
 	"os"
 	"strings"
@@ -12,6 +11,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/gohandoff/handoff/internal/supervise"
 )
 
 // The process pool's decisions (procpool.go, rollback.go), each rule on its

@@ -2,7 +2,6 @@ package upgrader
 
 import (
 	"fmt"
-	"github.com/gohandoff/handoff/internal/handover"
 	"net"
 	"os"
 	"os/exec"
@@ -12,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/gohandoff/handoff/internal/handover"
 )
 
 // workerEnv marks a process started as a worker of a handoff master. Its

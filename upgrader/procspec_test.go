@@ -1,12 +1,13 @@
 package upgrader
 
 import (
-	"github.com/gohandoff/handoff/internal/handover"
 	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gohandoff/handoff/internal/handover"
 )
 
 func TestParseReady(t *testing.T) {

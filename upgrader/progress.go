@@ -30,6 +30,23 @@ func newDrainState() *drainState {
 	return &drainState{started: make(chan struct{}), done: make(chan struct{})}
 }
 
+// begin records the drain's start and says it started.
+func (ds *drainState) begin(start time.Time) {
+	ds.mu.Lock()
+	ds.start = start
+	ds.mu.Unlock()
+	close(ds.started)
+}
+
+// end records how long the drain took and how many it cut, and says it is
+// over.
+func (ds *drainState) end(took time.Duration, cut int64) {
+	ds.mu.Lock()
+	ds.took, ds.cut = took, cut
+	ds.mu.Unlock()
+	close(ds.done)
+}
+
 // progress is how much work a pool has left while it drains: open
 // connections if its workers count them (HTTPServer does), otherwise the
 // workers that have not returned.

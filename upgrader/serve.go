@@ -64,25 +64,8 @@ func (u *Upgrader) serveMaster(ctx context.Context, fn WorkerFunc) error {
 	addStartFailureActor(&g, p)
 	// Signals.
 	addSignalActor(&g, u.onSignal, u.sigs)
-	// Control socket.
-	if u.ctlLn != nil {
-		done := make(chan struct{})
-		g.Add(func() error {
-			u.serveControl(done)
-			<-done
-			return nil
-		}, func(error) {
-			u.closeControl()
-			close(done)
-		})
-	}
-	// Upgrades on events of Options.Watch, such as changes of files.
-	if u.opts.Watch != nil {
-		wctx, cancel := context.WithCancel(context.Background())
-		g.Add(func() error {
-			return u.opts.Watch(wctx, u)
-		}, func(error) { cancel() })
-	}
+	u.addControlActor(&g)
+	u.addWatchActor(&g)
 	// The caller's context.
 	u.addContextActor(&g, ctx)
 	err = g.Run()
@@ -92,6 +75,34 @@ func (u *Upgrader) serveMaster(ctx context.Context, fn WorkerFunc) error {
 		u.log.Info("exited")
 	}
 	return err
+}
+
+// addControlActor serves the control socket, if there is one.
+func (u *Upgrader) addControlActor(g *run.Group) {
+	if u.ctlLn == nil {
+		return
+	}
+	done := make(chan struct{})
+	g.Add(func() error {
+		u.serveControl(done)
+		<-done
+		return nil
+	}, func(error) {
+		u.closeControl()
+		close(done)
+	})
+}
+
+// addWatchActor runs Options.Watch, which upgrades on events such as
+// changes of files.
+func (u *Upgrader) addWatchActor(g *run.Group) {
+	if u.opts.Watch == nil {
+		return
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	g.Add(func() error {
+		return u.opts.Watch(wctx, u)
+	}, func(error) { cancel() })
 }
 
 func (u *Upgrader) onSignal(sig os.Signal) {
@@ -217,11 +228,7 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 	if !final {
 		standDone = u.standByOrLetGo()
 	}
-	ds := u.drainSt
-	ds.mu.Lock()
-	ds.start = start
-	ds.mu.Unlock()
-	close(ds.started)
+	u.drainSt.begin(start)
 	pr := p.progress()
 	u.log.Info("draining", "timeout", u.opts.DrainTimeout, "left", pr.Left, "unit", pr.Unit)
 	if final {
@@ -235,14 +242,11 @@ func (u *Upgrader) drain(p workers, admin []*pool) error {
 	err := u.drainWithin(p, admin)
 	close(reported)
 	took, cut, passed := time.Since(start), p.cutCount(), p.passedCount()
-	ds.mu.Lock()
-	ds.took, ds.cut = took, cut
-	ds.mu.Unlock()
 	if !final {
 		u.leaveDrainRecord(took, cut, passed, u.endedAt.Load())
 	}
 	u.log.Info("drained", "duration", took.Round(time.Millisecond), "cut", cut, "passed", passed)
-	close(ds.done)
+	u.drainSt.end(took, cut)
 	if standDone != nil && !final {
 		u.updateDraining(func(g *drainingGen) { g.State, g.Left = "standing by", 0 })
 	}

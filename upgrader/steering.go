@@ -108,30 +108,10 @@ func setUpSteering(u *Upgrader) (*steering, error) {
 		}
 	}
 	for _, s := range u.socks {
-		base, err := socketFile(s.conn, s.name)
+		g, err := inheritGroup(u, s)
 		if err != nil {
 			st.close()
-			return nil, fmt.Errorf("socket %s: %w", s.name, err)
-		}
-		files := []*os.File{base}
-		for j := 1; ; j++ {
-			f, err := u.tf.File(steerName(s.name, j))
-			if err != nil {
-				st.close()
-				return nil, fmt.Errorf("inherit socket %d of %s: %w", j, s.name, err)
-			}
-			if f == nil {
-				break
-			}
-			files = append(files, f)
-		}
-		g, err := steer.New(files)
-		if err != nil {
-			for _, f := range files {
-				f.Close()
-			}
-			st.close()
-			return nil, fmt.Errorf("socket %s: %w", s.name, err)
+			return nil, err
 		}
 		if len(st.groups) > 0 && g.Len() != st.groups[0].Len() {
 			g.Close()
@@ -141,20 +121,60 @@ func setUpSteering(u *Upgrader) (*steering, error) {
 		st.groups, st.names, st.ports = append(st.groups, g), append(st.names, s.name), append(st.ports, g.Port())
 	}
 	st.owner = make([]*workerProc, st.groups[0].Len())
-	if held := os.Getenv(steerHeldEnv); held != "" {
-		for _, s := range strings.Split(held, ",") {
-			set, holder, older := strings.Cut(s, "@")
-			pid := u.ppid
-			if older {
-				pid, _ = strconv.Atoi(holder)
-			}
-			if j, err := strconv.Atoi(set); err == nil && pid > 0 {
-				st.prev[j] = pid
-			}
-		}
-	}
+	st.readHeld(os.Getenv(steerHeldEnv), u.ppid)
 	os.Unsetenv(steerHeldEnv)
 	return st, nil
+}
+
+// inheritGroup makes the steered group of socket s: s itself, then the
+// sockets of its group the previous generation passed on.
+func inheritGroup(u *Upgrader, s sockRef) (*steer.Group, error) {
+	base, err := socketFile(s.conn, s.name)
+	if err != nil {
+		return nil, fmt.Errorf("socket %s: %w", s.name, err)
+	}
+	files := []*os.File{base}
+	closeAll := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	for j := 1; ; j++ {
+		f, err := u.tf.File(steerName(s.name, j))
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("inherit socket %d of %s: %w", j, s.name, err)
+		}
+		if f == nil {
+			break
+		}
+		files = append(files, f)
+	}
+	g, err := steer.New(files)
+	if err != nil {
+		closeAll()
+		return nil, fmt.Errorf("socket %s: %w", s.name, err)
+	}
+	return g, nil
+}
+
+// readHeld reads which socket sets the previous generations' workers
+// hold (steerHeldEnv, "set" or "set@pid" for an older generation's
+// worker than ppid's).
+func (st *steering) readHeld(held string, ppid int) {
+	if held == "" {
+		return
+	}
+	for _, s := range strings.Split(held, ",") {
+		set, holder, older := strings.Cut(s, "@")
+		pid := ppid
+		if older {
+			pid, _ = strconv.Atoi(holder)
+		}
+		if j, err := strconv.Atoi(set); err == nil && pid > 0 {
+			st.prev[j] = pid
+		}
+	}
 }
 
 func (st *steering) close() {

@@ -3,7 +3,6 @@ package upgrader
 import (
 	"context"
 	"errors"
-	"github.com/gohandoff/handoff/internal/supervise"
 	"log/slog"
 	"net"
 	"slices"
@@ -13,6 +12,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/gohandoff/handoff/internal/supervise"
 )
 
 // The goroutine pool's supervision, each rule on its edge, under a fake

@@ -174,38 +174,12 @@ func (u *Upgrader) killTree(m treeMark, err error) {
 		cancel()
 	}
 	inodes := u.socketInodes()
-	self := os.Getpid()
 	var killed []int
 	// A process may fork while it is being looked for: look again until
 	// a pass finds nothing new.
 	for pass := 0; pass < 5; pass++ {
-		infos := make(map[int]procInfo)
-		ents, _ := os.ReadDir("/proc")
-		for _, e := range ents {
-			if pid, err := strconv.Atoi(e.Name()); err == nil {
-				if pi, ok := readProcInfo(pid); ok {
-					infos[pid] = pi
-				}
-			}
-		}
-		related := func(pid int) bool { // self, an ancestor or a descendant
-			for p, n := pid, 0; p > 1 && n < 128; p, n = infos[p].ppid, n+1 {
-				if p == self {
-					return true
-				}
-			}
-			for p, n := self, 0; p > 0 && n < 128; p, n = infos[p].ppid, n+1 {
-				if p == pid {
-					return true
-				}
-			}
-			return false
-		}
 		found := 0
-		for pid, pi := range infos {
-			if pi.start < m.since || pid == 1 || related(pid) {
-				continue
-			}
+		for pid, pi := range unrelatedSince(m.since) {
 			why := ""
 			switch {
 			case hasMark(pid, m.value):
@@ -231,4 +205,40 @@ func (u *Upgrader) killTree(m treeMark, err error) {
 	for _, pid := range killed {
 		proc.WaitGone(ctx, pid)
 	}
+}
+
+// unrelatedSince returns the processes started since since (in clock
+// ticks since boot) that are not this process, one of its ancestors or
+// descendants, or init.
+func unrelatedSince(since uint64) map[int]procInfo {
+	infos := make(map[int]procInfo)
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			if pi, ok := readProcInfo(pid); ok {
+				infos[pid] = pi
+			}
+		}
+	}
+	self := os.Getpid()
+	related := func(pid int) bool {
+		for p, n := pid, 0; p > 1 && n < 128; p, n = infos[p].ppid, n+1 {
+			if p == self {
+				return true
+			}
+		}
+		for p, n := self, 0; p > 0 && n < 128; p, n = infos[p].ppid, n+1 {
+			if p == pid {
+				return true
+			}
+		}
+		return false
+	}
+	out := make(map[int]procInfo)
+	for pid, pi := range infos {
+		if pi.start >= since && pid != 1 && !related(pid) {
+			out[pid] = pi
+		}
+	}
+	return out
 }

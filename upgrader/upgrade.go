@@ -4,10 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/gohandoff/handoff/internal/handover"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/gohandoff/handoff/internal/handover"
 )
 
 // UpgradeError is returned by Upgrade when the new generation could not

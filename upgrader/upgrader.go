@@ -141,19 +141,9 @@ func newUpgrader(opts Options, startHandover newHandover) (*Upgrader, error) {
 		return nil, err
 	}
 	hasParent := handover.HasParentEnv()
-	if err := checkPaths(opts); err != nil {
+	if err := checkStart(opts, hasParent, restored, restoredGen); err != nil {
 		return nil, err
 	}
-	if !hasParent && opts.PIDFile != "" {
-		gen := 1
-		if restored {
-			gen = restoredGen
-		}
-		if err := checkFirstStart(opts, gen); err != nil {
-			return nil, err
-		}
-	}
-
 	tf, err := startHandover(tableflip.Options{
 		UpgradeTimeout: opts.UpgradeTimeout,
 		ListenConfig:   opts.ListenConfig,
@@ -191,6 +181,23 @@ func newUpgrader(opts Options, startHandover newHandover) (*Upgrader, error) {
 		return nil, err
 	}
 	return u, nil
+}
+
+// checkStart checks the paths of opts and, for a first generation (not
+// started by an upgrade: generation 1, or restoredGen if restored), its
+// PID files.
+func checkStart(opts Options, hasParent, restored bool, restoredGen int) error {
+	if err := checkPaths(opts); err != nil {
+		return err
+	}
+	if hasParent || opts.PIDFile == "" {
+		return nil
+	}
+	gen := 1
+	if restored {
+		gen = restoredGen
+	}
+	return checkFirstStart(opts, gen)
 }
 
 // checkFirstStart checks, for a first generation (gen 1, or a restored

@@ -174,34 +174,7 @@ func (u *Upgrader) serveWorker(ctx context.Context, fn WorkerFunc) error {
 	}
 	addReadyActor(&g, u.workerReady, 0, nil, p.ready(), u.sigs.done)
 	addSignalActor(&g, u.onWorkerSignal, u.sigs)
-	if w.lifeline != nil {
-		done := make(chan struct{})
-		g.Add(func() error {
-			var b [64]byte
-			for {
-				n, err := w.lifeline.Read(b[:])
-				if err == nil {
-					if bytes.IndexByte(b[:n], gateOpen) >= 0 {
-						w.gateOnce.Do(func() { close(w.gate) })
-					}
-					continue
-				}
-				select {
-				case <-done:
-					return nil
-				default:
-				}
-				u.log.Error("master gone, worker stopping at once", "err", err)
-				u.forceOnce.Do(func() { close(u.force) })
-				u.Stop()
-				<-done
-				return nil
-			}
-		}, func(error) {
-			close(done)
-			w.lifeline.SetReadDeadline(time.Now())
-		})
-	}
+	u.addLifelineActor(&g)
 	u.addContextActor(&g, ctx)
 	err := g.Run()
 	if err != nil {
@@ -210,6 +183,42 @@ func (u *Upgrader) serveWorker(ctx context.Context, fn WorkerFunc) error {
 		u.log.Info("worker exited")
 	}
 	return err
+}
+
+// addLifelineActor reads the worker's lifeline from its master: the
+// master's word that the generation is ready opens the accept gate, and
+// its end (the master is gone) stops the worker at once.
+func (u *Upgrader) addLifelineActor(g *run.Group) {
+	w := u.worker
+	if w.lifeline == nil {
+		return
+	}
+	done := make(chan struct{})
+	g.Add(func() error {
+		var b [64]byte
+		for {
+			n, err := w.lifeline.Read(b[:])
+			if err == nil {
+				if bytes.IndexByte(b[:n], gateOpen) >= 0 {
+					w.gateOnce.Do(func() { close(w.gate) })
+				}
+				continue
+			}
+			select {
+			case <-done:
+				return nil
+			default:
+			}
+			u.log.Error("master gone, worker stopping at once", "err", err)
+			u.forceOnce.Do(func() { close(u.force) })
+			u.Stop()
+			<-done
+			return nil
+		}
+	}, func(error) {
+		close(done)
+		w.lifeline.SetReadDeadline(time.Now())
+	})
 }
 
 func (u *Upgrader) onWorkerSignal(sig os.Signal) {
