@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gohandoff/handoff/control"
+	"github.com/oklog/run"
 )
 
 // listenControl opens the control socket, inherited like any listener.
@@ -213,4 +214,20 @@ func (u *Upgrader) status() *control.Status {
 	}
 	st.Generations = generations(control.GenerationStatus{PID: st.PID, Generation: st.Generation, Version: st.Version, State: st.State}, draining)
 	return st
+}
+
+// addControlActor serves the control socket, if there is one.
+func (u *Upgrader) addControlActor(g *run.Group) {
+	if u.ctlLn == nil {
+		return
+	}
+	done := make(chan struct{})
+	g.Add(func() error {
+		u.serveControl(done)
+		<-done
+		return nil
+	}, func(error) {
+		u.closeControl()
+		close(done)
+	})
 }

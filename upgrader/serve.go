@@ -77,22 +77,6 @@ func (u *Upgrader) serveMaster(ctx context.Context, fn WorkerFunc) error {
 	return err
 }
 
-// addControlActor serves the control socket, if there is one.
-func (u *Upgrader) addControlActor(g *run.Group) {
-	if u.ctlLn == nil {
-		return
-	}
-	done := make(chan struct{})
-	g.Add(func() error {
-		u.serveControl(done)
-		<-done
-		return nil
-	}, func(error) {
-		u.closeControl()
-		close(done)
-	})
-}
-
 // addWatchActor runs Options.Watch, which upgrades on events such as
 // changes of files.
 func (u *Upgrader) addWatchActor(g *run.Group) {
