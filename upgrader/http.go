@@ -77,6 +77,7 @@ type HTTPServer struct {
 	noPass     string // why connections drain here, if known
 	passLog    *slog.Logger
 	passed     atomic.Int64
+	inPass     atomic.Int32 // connections in the window (passWindow)
 
 	mu    sync.Mutex
 	conns map[net.Conn]connInfo

@@ -29,7 +29,9 @@ import (
 // background read, which goes along. A connection waiting for its next
 // request is interrupted (passIdle) to get there. Bytes still in the
 // kernel's buffer travel with the socket. A response during the drain
-// keeps its connection open once, so that it moves at its next boundary.
+// keeps its connection open once, so that it moves at its next boundary;
+// so does each one served while the window of connections waiting on the
+// hand-over is full (passWindow).
 //
 // What cannot move drains as before, with the reason in the log: TLS (and
 // so HTTP/2) connections, NoHandOver, a connection the HandOver hook
@@ -69,6 +71,15 @@ type senders struct {
 // connections: the cap on connections in flight to a receiver is their
 // product.
 const channelsPerReceiver = 4
+
+// passWindow is how many of a draining server's connections may wait in
+// its channels at once (sent, or queued to be). A connection that comes to
+// a request boundary when the window is full is not parked: it serves its
+// next request here and tries again at the boundary after, and one that
+// waits idle is brought back by passIdle once there is room. So at most
+// passWindow clients wait on the hand-over while the rest are served,
+// however many connections the drain moves.
+var passWindow = channelsPerReceiver * connpass.MaxBatch
 
 // maxRedials bounds how often a drain looks for a newer generation once
 // its channels are gone.
@@ -217,20 +228,41 @@ func (s *HTTPServer) passing() bool {
 // passIdle brings back the connections waiting for their next request, so
 // that each goroutine serving one hands it over (trackedConn.Read).
 // Connections busy with a request go over at their next request boundary.
+// It brings back no more than the window has room for.
 func (s *HTTPServer) passIdle() {
 	if !s.passing() {
 		return
 	}
+	room := passWindow - int(s.inPass.Load())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c, ci := range s.conns {
+		if room <= 0 {
+			return
+		}
 		if ci.state == http.StateIdle || ci.state == http.StateNew {
-			if t := trackedOf(c); t != nil {
-				t.interrupt()
+			if t := trackedOf(c); t != nil && t.interrupt() {
+				room--
 			}
 		}
 	}
 }
+
+// enterPass takes a place in the window for one connection, if there is
+// one; leavePass gives it back.
+func (s *HTTPServer) enterPass() bool {
+	for {
+		n := s.inPass.Load()
+		if int(n) >= passWindow {
+			return false
+		}
+		if s.inPass.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+func (s *HTTPServer) leavePass() { s.inPass.Add(-1) }
 
 // tryPass hands c to the next generation if this server drains into one;
 // it runs in the goroutine serving c, at a request boundary with nothing
@@ -244,6 +276,12 @@ func (s *HTTPServer) tryPass(c *trackedConn) bool {
 	if !ok {
 		return false
 	}
+	if !s.enterPass() {
+		// Not now: served here once more, kept open, and tried again.
+		c.drainServed.Store(0)
+		return false
+	}
+	defer s.leavePass()
 	ss := s.passTo()
 	for {
 		snd := ss.pick()

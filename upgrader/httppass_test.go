@@ -828,3 +828,42 @@ func TestIdleTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPDrainWindowFull: a connection that comes to a request boundary
+// while the hand-over's window is full is not parked: the old generation
+// answers its requests, keeping it open, and once there is room it moves
+// and the new generation answers on the same connection.
+func TestHTTPDrainWindowFull(t *testing.T) {
+	pp := startPassPair(t, true)
+	c, br := dialKeepAlive(t, pp.oldLn)
+	if body, closes := getOn(t, c, br, "/"); body != "old" || closes {
+		t.Fatalf("before the drain: %q close=%v, want old and kept open", body, closes)
+	}
+	pp.oldS.inPass.Store(int32(passWindow)) // others fill the window
+	drained := make(chan error, 1)
+	go func() { drained <- pp.oldP.drain(context.Background()) }()
+	waitDraining(t, pp.oldS)
+	for i := range 3 {
+		if body, closes := getOn(t, c, br, "/"); body != "old" || closes {
+			t.Fatalf("request %d with the window full: %q close=%v, want old's answer, kept open", i, body, closes)
+		}
+	}
+	if n := pp.oldS.passed.Load(); n != 0 {
+		t.Fatalf("passed %d with the window full, want 0", n)
+	}
+	pp.oldS.inPass.Store(0) // room again: the idle connection is brought back and moves
+	select {
+	case err := <-drained:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the drain did not end once the window had room")
+	}
+	if n := pp.oldS.passed.Load(); n != 1 {
+		t.Errorf("passed %d, want 1", n)
+	}
+	if body, closes := getOn(t, c, br, "/"); body != "new" || closes {
+		t.Fatalf("after the drain: %q close=%v, want new on the same connection, kept open", body, closes)
+	}
+}
