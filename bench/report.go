@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/gohandoff/handoff/internal/verify"
 )
 
 // report is everything one `make bench` measured; it is written as JSON
@@ -188,6 +190,10 @@ type summaryRow struct {
 	// Dials is the median of the connections the clients opened, where
 	// the tool counts them (0: not counted).
 	Dials float64 `json:"dials_median,omitempty"`
+	// Redials, for loads with upgrades whose dials are counted: the
+	// median over rounds of the dials beyond the contender's own steady
+	// load's in the same round, per upgrade done (nil: not counted).
+	Redials *float64 `json:"redials_per_upgrade_median,omitempty"`
 	// VsBaseline is the median over rounds of this rate over the
 	// baseline's steady rate with the same connections in the same round.
 	VsBaseline float64 `json:"vs_baseline"`
@@ -251,7 +257,7 @@ func (rep *report) summarize() {
 	for _, c := range rep.Contenders {
 		for _, sc := range rep.Scenarios {
 			row := summaryRow{Contender: c.Name, Scenario: sc.Name, ByKind: map[string]int64{}}
-			var oks, rps, vsBase, vsSteady, dials []float64
+			var oks, rps, vsBase, vsSteady, dials, redials []float64
 			var p50s, p99s, cpus []time.Duration
 			for _, r := range rep.Runs {
 				if r.Contender != c.Name || r.Scenario != sc.Name {
@@ -298,6 +304,11 @@ func (rep *report) summarize() {
 					if s, ok := rep.find(c.Name, sc.Steady, r.Round); ok && s.Load.RPS > 0 {
 						vsSteady = append(vsSteady, l.RPS/s.Load.RPS)
 					}
+					if s, ok := rep.find(c.Name, sc.Steady, r.Round); ok && l.Dials > 0 && s.Load.Dials > 0 {
+						if done := upgradesDone(r.Upgrades); done > 0 {
+							redials = append(redials, float64(max(l.Dials-s.Load.Dials, 0))/float64(done))
+						}
+					}
 				}
 			}
 			if row.Runs == 0 {
@@ -312,6 +323,10 @@ func (rep *report) summarize() {
 			row.VsBaseline, row.VsSteady = median(vsBase), median(vsSteady)
 			row.CPUPer1k = medianDur(cpus)
 			row.Dials = median(dials)
+			if len(redials) > 0 {
+				m := median(redials)
+				row.Redials = &m
+			}
 			rep.Summary = append(rep.Summary, row)
 		}
 	}
@@ -559,6 +574,9 @@ func (rep *report) markdown(svgName string) []byte {
 		if r.Dials > 0 {
 			dials = fmt.Sprintf("%.0f", r.Dials)
 		}
+		if r.Redials != nil {
+			dials += fmt.Sprintf(" (%.0f per upgrade)", *r.Redials)
+		}
 		p("| %s | %s | %.0f | %s | %.0f (%.0f–%.0f) | %.2f | %s | %s | %s | %s | %d MiB | %s |\n",
 			r.Contender, scenarioShort[r.Scenario], r.OK, failed, r.RPS, r.RPSMin, r.RPSMax, r.VsBaseline, vsSteady, fmtMs(r.P50), fmtMs(r.P99), fmtMs(r.CPUPer1k), r.PeakRSSKB>>10, dials)
 	}
@@ -682,4 +700,15 @@ func (rep *report) runTargets(c contender) []targetRow {
 		}
 	}
 	return out
+}
+
+// upgradesDone counts the upgrades of a run that ran and did not fail.
+func upgradesDone(ups []verify.Upgrade) int {
+	n := 0
+	for _, u := range ups {
+		if !u.NotRun && u.Err == "" {
+			n++
+		}
+	}
+	return n
 }

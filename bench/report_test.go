@@ -222,3 +222,49 @@ func TestNiceTicks(t *testing.T) {
 		}
 	}
 }
+
+// TestSummarizeRedials: the dials beyond the contender's own steady load
+// in the same round are counted per upgrade done, and shown beside the
+// dials; an upgrade not run does not count.
+func TestSummarizeRedials(t *testing.T) {
+	t.Parallel()
+	rep := testReport()
+	for i, r := range rep.Runs {
+		switch {
+		case r.Contender == "handoff" && r.Scenario == "steady-ka", r.Contender == "handoff" && r.Scenario == "upgrades-ka":
+			rep.Runs[i].Load.Dials = 1000
+		case r.Contender == "baseline" && r.Scenario == "steady-ka":
+			rep.Runs[i].Load.Dials = 1000
+		}
+	}
+	tf := func(sc string, round int, dials int64, ups []verify.Upgrade) {
+		rep.Runs = append(rep.Runs, runRecord{Contender: "tableflip", Scenario: sc, Round: round, Upgrades: ups,
+			Load: loadResult{Tool: toolWrk, OK: 1000, RPS: 100, Duration: time.Second, Dials: dials}})
+	}
+	tf("steady-ka", 1, 1000, nil)
+	tf("upgrades-ka", 1, 6000, make([]verify.Upgrade, 5))
+	tf("steady-ka", 2, 1000, nil)
+	tf("upgrades-ka", 2, 5000, append(make([]verify.Upgrade, 4), verify.Upgrade{NotRun: true, Err: "not run"}))
+	rep.summarize()
+	for _, c := range []struct {
+		contender string
+		want      float64
+	}{{"tableflip", 1000}, {"handoff", 0}} {
+		row, ok := rep.row(c.contender, "upgrades-ka")
+		if !ok || row.Redials == nil || *row.Redials != c.want {
+			t.Errorf("%s upgrades-ka re-dials per upgrade = %v (row %v), want %v", c.contender, row.Redials, ok, c.want)
+		}
+	}
+	if row, _ := rep.row("handoff", "steady-ka"); row.Redials != nil {
+		t.Errorf("steady load with re-dials %v, want none counted", *row.Redials)
+	}
+	if row, _ := rep.row("handoff", "upgrades"); row.Redials != nil {
+		t.Errorf("ab load (dials not counted) with re-dials %v, want none", *row.Redials)
+	}
+	md := string(rep.markdown("x.svg"))
+	for _, want := range []string{"| 5500 (1000 per upgrade) |", "| 1000 (0 per upgrade) |"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q", want)
+		}
+	}
+}

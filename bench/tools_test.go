@@ -146,3 +146,19 @@ func TestGoLoaderCountsConnectFailures(t *testing.T) {
 		t.Errorf("ok %d failed %d of %d by kind %v, want every request a connect failure", r.OK, r.Failed, r.Requests, r.ByKind)
 	}
 }
+
+func TestParseActiveOpens(t *testing.T) {
+	snmp := "Ip: Forwarding DefaultTTL\nIp: 1 64\n" +
+		"Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails\n" +
+		"Tcp: 1 200 120000 -1 890520 17 3\n" +
+		"Udp: InDatagrams\nUdp: 5\n"
+	if n, ok := parseActiveOpens(snmp); !ok || n != 890520 {
+		t.Errorf("parseActiveOpens = %d, %v; want 890520, true", n, ok)
+	}
+	if _, ok := parseActiveOpens("Tcp: RtoAlgorithm\nTcp: 1\n"); ok {
+		t.Error("parseActiveOpens found ActiveOpens where there is none")
+	}
+	if n, ok := tcpActiveOpens(); !ok || n < 0 {
+		t.Errorf("tcpActiveOpens on this machine = %d, %v", n, ok)
+	}
+}
