@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -506,5 +507,91 @@ func TestSenderStopsAfterShortAck(t *testing.T) {
 	}
 	if n, oobn, _, _, err := peer.ReadMsgUnix(buf, oob); n != 0 || oobn != 0 || (err != nil && !errors.Is(err, io.EOF)) {
 		t.Fatalf("after a short acknowledgement the receiver read %d bytes and %d of rights (%v); want the channel closed", n, oobn, err)
+	}
+}
+
+// TestReceiverAcceptsAgainAfterEMFILE: a receiver out of descriptors when
+// a sender dials takes the channel once descriptors are free again, and a
+// connection sent on it is acknowledged, not given up after AckTimeout.
+func TestReceiverAcceptsAgainAfterEMFILE(t *testing.T) {
+	defer func(d time.Duration) { AckTimeout = d }(AckTimeout)
+	AckTimeout = 5 * time.Second
+	refused := make(chan struct{}, 1)
+	r := listen(t, func(err error) {
+		if errors.Is(err, syscall.EMFILE) {
+			select {
+			case refused <- struct{}{}:
+			default:
+			}
+		}
+	})
+	client, server := tcpPair(t)
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+
+	// Fill the descriptor table but one, under a lowered soft limit, and
+	// dial with that one: the receiver has none left to accept with.
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	open, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	low := lim
+	low.Cur = uint64(len(open) + 16)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	var fill []int
+	release := func() {
+		for _, fd := range fill {
+			unix.Close(fd)
+		}
+		fill = nil
+		unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	}
+	defer release()
+	for {
+		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			break
+		}
+		fill = append(fill, fd)
+	}
+	unix.Close(fill[len(fill)-1])
+	fill = fill[:len(fill)-1]
+	snd, err := Dial(r.Address(), os.Getpid())
+	if err != nil {
+		release()
+		t.Fatalf("dial with one descriptor free: %v", err)
+	}
+	defer snd.Close()
+	select {
+	case <-refused:
+	case <-time.After(10 * time.Second):
+		release()
+		t.Fatal("the receiver never told of an accept that failed with EMFILE")
+	}
+	release()
+
+	got := make(chan net.Conn, 1)
+	go func() {
+		c, err := r.Accept()
+		if err != nil {
+			t.Error(err)
+		}
+		got <- c
+	}()
+	if err := snd.Send(server, nil); err != nil {
+		t.Fatalf("send once descriptors are free: %v, want it acknowledged", err)
+	}
+	c := <-got
+	defer c.Close()
+	io.WriteString(client, "x")
+	b := make([]byte, 1)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, b); err != nil || b[0] != 'x' {
+		t.Fatalf("the receiver's connection read %q, %v", b, err)
 	}
 }

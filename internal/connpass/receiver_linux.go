@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -93,13 +94,30 @@ func (r *Receiver) Close() error {
 	return nil
 }
 
+// acceptLoop takes senders' channels until Close. Out of descriptors
+// (EMFILE, ENFILE) or memory it waits and tries again, as net/http's
+// accept loop does: a sender whose channel the kernel queued would
+// otherwise wait for an acknowledgement that never comes, and give its
+// connections up.
 func (r *Receiver) acceptLoop() {
 	defer r.wg.Done()
+	var delay time.Duration
 	for {
 		c, err := r.ln.AcceptUnix()
+		if err != nil && retryAccept(err) {
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			r.onErr(fmt.Errorf("connpass: accept: %w; retrying in %s", err, delay))
+			select {
+			case <-time.After(delay):
+				continue
+			case <-r.done:
+				return
+			}
+		}
 		if err != nil {
 			return
 		}
+		delay = 0
 		if err := checkPeer(c, 0); err != nil {
 			r.onErr(err)
 			c.Close()
@@ -117,6 +135,17 @@ func (r *Receiver) acceptLoop() {
 		r.mu.Unlock()
 		go r.serve(c, mu)
 	}
+}
+
+// retryAccept reports whether an accept error passes: the process is out
+// of descriptors or buffers for now, or the peer gave up.
+func retryAccept(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // serve takes the connections one sender passes, one message each.
