@@ -160,6 +160,42 @@ func TestHandOverNewGenerationStalls(t *testing.T) {
 	}
 }
 
+// TestHandOverChannelsFail: the new generation runs out of descriptors at
+// its 100th connection taken over, so that the descriptors in flight to it
+// cannot arrive and its channels fail while it lives on. The old
+// generation keeps every connection not acknowledged and serves it, drops
+// the failed channels, and either dials the new generation again or drains
+// the rest; once descriptors are free again nothing has been lost: no
+// request fails, and no drain cuts a connection.
+func TestHandOverChannelsFail(t *testing.T) {
+	for _, m := range []workerMode{
+		{name: "goroutines", args: []string{"--workers", "2"}},
+		{name: "processes", args: []string{"--workers", "1", "--worker-mode", "process"}},
+	} {
+		t.Run(m.name, func(t *testing.T) {
+			s, completed, done, results := startHandOverFault(t, "nofile-taking-conns", m.args...)
+			from := s.log.len()
+			s.log.waitFor(t, 0, "fault: out of descriptors after taking 100 connections")
+			s.log.waitFor(t, from, "a channel to a newer generation ended")
+			if err := os.WriteFile(filepath.Join(s.dir, "fault-release"), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			s.log.waitFor(t, from, "fault: descriptors again")
+			s.log.waitFor(t, from, "previous generation exited")
+			waitCount(t, completed, completed.Load()+2*handOverFaultClients)
+			close(done)
+			res := <-results
+			checkLoad(t, res)
+			if strings.Contains(s.log.String(), "connections cut") {
+				t.Errorf("a drain cut connections:\n%s", s.log)
+			}
+			if code, body, err := s.get("/healthz"); err != nil || code != 200 || !strings.Contains(body, "generation=2") {
+				t.Errorf("GET /healthz after the fault = %d %q %v, want generation 2 serving", code, body, err)
+			}
+		})
+	}
+}
+
 // establishedOf counts the established TCP connections on local port
 // (decimal) that process pid holds a descriptor of.
 func establishedOf(t *testing.T, pid int, port string) int {

@@ -13,7 +13,10 @@
 // binary), so that a test knows where the fault struck:
 // -X main.version=die-taking-conns kills itself there with SIGKILL, and
 // -X main.version=stall-taking-conns stops taking connections there until
-// the file fault-release appears next to its binary (a minute at most).
+// the file fault-release appears next to its binary (a minute at most),
+// and -X main.version=nofile-taking-conns runs out of descriptors there
+// (its soft RLIMIT_NOFILE lowered to what it holds) until that file
+// appears: its channels fail as descriptors cannot arrive.
 package main
 
 import (
@@ -138,7 +141,7 @@ func run() error {
 		json.NewEncoder(w).Encode(in)
 	})
 	srv := &upgrader.HTTPServer{Server: &http.Server{Handler: mux}}
-	if version == "die-taking-conns" || version == "stall-taking-conns" {
+	if version == "die-taking-conns" || version == "stall-taking-conns" || version == "nofile-taking-conns" {
 		srv.Server.ConnState = faultTakingConns(log)
 	}
 	worker := srv.Worker
@@ -185,17 +188,51 @@ func faultTakingConns(log *slog.Logger) func(net.Conn, http.ConnState) {
 			return // another process of the build struck already
 		}
 		f.Close()
-		if version == "die-taking-conns" {
+		switch version {
+		case "die-taking-conns":
 			log.Error("fault: killed after taking 100 connections", "pid", os.Getpid())
 			syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			select {}
+		case "nofile-taking-conns":
+			go outOfDescriptors(log, dir)
+			return
 		}
 		log.Warn("fault: stalls after taking 100 connections", "pid", os.Getpid())
-		for end := time.Now().Add(time.Minute); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-			if _, err := os.Stat(filepath.Join(dir, "fault-release")); err == nil {
-				break
-			}
-		}
+		waitRelease(dir)
 		log.Warn("fault: takes connections again", "pid", os.Getpid())
 	}
+}
+
+// waitRelease waits for the file fault-release in dir, a minute at most.
+func waitRelease(dir string) {
+	for end := time.Now().Add(time.Minute); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(dir, "fault-release")); err == nil {
+			return
+		}
+	}
+}
+
+// outOfDescriptors lowers the soft descriptor limit to the descriptors
+// open, so that no new one can be made, until fault-release appears.
+func outOfDescriptors(log *slog.Logger, dir string) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		log.Error("fault build: getrlimit", "err", err)
+		return
+	}
+	open, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		log.Error("fault build: list descriptors", "err", err)
+		return
+	}
+	low := lim
+	low.Cur = uint64(len(open))
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		log.Error("fault build: setrlimit", "err", err)
+		return
+	}
+	log.Warn("fault: out of descriptors after taking 100 connections", "pid", os.Getpid(), "limit", low.Cur)
+	waitRelease(dir)
+	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	log.Warn("fault: descriptors again", "pid", os.Getpid())
 }
