@@ -301,11 +301,11 @@ func (rep *report) summarize() {
 					vsBase = append(vsBase, l.RPS/b.Load.RPS)
 				}
 				if sc.Steady != "" {
-					if s, ok := rep.find(c.Name, sc.Steady, r.Round); ok && s.Load.RPS > 0 {
-						vsSteady = append(vsSteady, l.RPS/s.Load.RPS)
-					}
-					if s, ok := rep.find(c.Name, sc.Steady, r.Round); ok && l.Dials > 0 && s.Load.Dials > 0 {
-						if done := upgradesDone(r.Upgrades); done > 0 {
+					if s, ok := rep.find(c.Name, sc.Steady, r.Round); ok {
+						if s.Load.RPS > 0 {
+							vsSteady = append(vsSteady, l.RPS/s.Load.RPS)
+						}
+						if done := upgradesDone(r.Upgrades); l.Dials > 0 && s.Load.Dials > 0 && done > 0 {
 							redials = append(redials, float64(max(l.Dials-s.Load.Dials, 0))/float64(done))
 						}
 					}

@@ -79,7 +79,7 @@ const channelsPerReceiver = 4
 // waits idle is brought back by passIdle once there is room. So at most
 // passWindow clients wait on the hand-over while the rest are served,
 // however many connections the drain moves.
-var passWindow = channelsPerReceiver * connpass.MaxBatch
+const passWindow = channelsPerReceiver * connpass.MaxBatch
 
 // maxRedials bounds how often a drain looks for a newer generation once
 // its channels are gone.
@@ -251,15 +251,11 @@ func (s *HTTPServer) passIdle() {
 // enterPass takes a place in the window for one connection, if there is
 // one; leavePass gives it back.
 func (s *HTTPServer) enterPass() bool {
-	for {
-		n := s.inPass.Load()
-		if int(n) >= passWindow {
-			return false
-		}
-		if s.inPass.CompareAndSwap(n, n+1) {
-			return true
-		}
+	if s.inPass.Add(1) > passWindow {
+		s.inPass.Add(-1)
+		return false
 	}
+	return true
 }
 
 func (s *HTTPServer) leavePass() { s.inPass.Add(-1) }

@@ -38,6 +38,19 @@ func tcpPair(t *testing.T) (client, server *net.TCPConn) {
 	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
 
+// acceptOne takes the receiver's next connection in the background.
+func acceptOne(t *testing.T, r *Receiver) <-chan net.Conn {
+	got := make(chan net.Conn, 1)
+	go func() {
+		c, err := r.Accept()
+		if err != nil {
+			t.Error(err)
+		}
+		got <- c
+	}()
+	return got
+}
+
 // TestPassKeepsTheConnection: a passed connection is the receiver's, with
 // the bytes the client sent before the pass still to read, and it
 // outlives the sender's copy.
@@ -49,14 +62,7 @@ func TestPassKeepsTheConnection(t *testing.T) {
 	if _, err := io.WriteString(client, "before"); err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan net.Conn, 1)
-	go func() {
-		c, err := r.Accept()
-		if err != nil {
-			t.Error(err)
-		}
-		got <- c
-	}()
+	got := acceptOne(t, r)
 	// The sender had read "be" already: it travels with the socket.
 	b2 := make([]byte, 2)
 	if _, err := io.ReadFull(server, b2); err != nil {
@@ -575,14 +581,7 @@ func TestReceiverAcceptsAgainAfterEMFILE(t *testing.T) {
 	}
 	release()
 
-	got := make(chan net.Conn, 1)
-	go func() {
-		c, err := r.Accept()
-		if err != nil {
-			t.Error(err)
-		}
-		got <- c
-	}()
+	got := acceptOne(t, r)
 	if err := snd.Send(server, nil); err != nil {
 		t.Fatalf("send once descriptors are free: %v, want it acknowledged", err)
 	}

@@ -104,7 +104,10 @@ func (r *Receiver) acceptLoop() {
 	var delay time.Duration
 	for {
 		c, err := r.ln.AcceptUnix()
-		if err != nil && retryAccept(err) {
+		if err != nil {
+			if !retryAccept(err) {
+				return
+			}
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 			r.onErr(fmt.Errorf("connpass: accept: %w; retrying in %s", err, delay))
 			select {
@@ -113,9 +116,6 @@ func (r *Receiver) acceptLoop() {
 			case <-r.done:
 				return
 			}
-		}
-		if err != nil {
-			return
 		}
 		delay = 0
 		if err := checkPeer(c, 0); err != nil {
